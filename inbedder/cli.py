@@ -1,0 +1,170 @@
+"""The `inbedder` command line: export, embed, info (quantize arrives with its stage).
+
+Scope: argument parsing and file formats only; every command calls the same functions a Python user
+calls. `embed` reads one text per line, or JSONL with a "text" field (and optional
+"instruction"), from a file or stdin, and writes a float32 .npy (and answers as JSONL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+
+def _read_texts(stream: TextIO, fmt: str, source: str) -> tuple[list[str], list[str] | None]:
+    lines = stream.read().splitlines()
+    if fmt == "auto":
+        first = next((ln for ln in lines if ln.strip()), "")
+        fmt = "jsonl" if first.lstrip().startswith("{") else "lines"
+    if fmt == "lines":
+        return lines, None
+    texts: list[str] = []
+    instructions: list[str | None] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"{source}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+            raise SystemExit(f"{source}:{n}: a JSONL record needs a string field 'text'")
+        instr = rec.get("instruction")
+        if instr is not None and not isinstance(instr, str):
+            raise SystemExit(f"{source}:{n}: 'instruction' must be a string")
+        texts.append(rec["text"])
+        instructions.append(instr)
+    if all(i is None for i in instructions):
+        return texts, None
+    return texts, [i if i is not None else "" for i in instructions]
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from inbedder.export import export_bundle
+
+    m = export_bundle(
+        args.model,
+        args.out_dir,
+        recipe=args.recipe,
+        max_length=args.max_length,
+        revision=args.revision,
+        opset=args.opset,
+        overwrite=args.overwrite,
+    )
+    v = m.validation
+    print(
+        f"wrote {args.out_dir}: recipe {m.recipe}, dim {m.embedding_dim}, max_length "
+        f"{m.truncation.max_length}; validation max|diff| {v.get('max_abs_diff', float('nan')):.3g} "
+        f"(tolerance {v.get('tolerance', float('nan')):.3g}), answers equal "
+        f"{v.get('answers_equal')}/{v.get('prompts')}"
+    )
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from inbedder.runtime import Embedder
+
+    if args.input == "-":
+        texts, per_text = _read_texts(sys.stdin, args.format, "<stdin>")
+    else:
+        path = Path(args.input)
+        if not path.is_file():
+            raise SystemExit(f"{path}: no such input file")
+        with path.open(encoding="utf-8") as f:
+            texts, per_text = _read_texts(f, args.format, str(path))
+    if per_text is not None and args.instruction is not None:
+        per_text = [i or args.instruction for i in per_text]
+    instruction = per_text if per_text is not None else (args.instruction or "")
+    emb = Embedder(args.model, device=args.device, threads=args.threads)
+    if args.instruction is None and per_text is None and emb.pipeline.answers:
+        raise SystemExit("-i/--instruction is required (or an 'instruction' field per JSONL record)")
+    show = None if not args.quiet else False
+    options = {}
+    if getattr(args, "decode_steps", None) is not None:
+        options["decode_steps"] = args.decode_steps
+    result = emb.encode(
+        texts,
+        instruction,
+        batch_size=args.batch_size,
+        normalize=args.normalize,
+        show_progress_bar=show,
+        return_answers=args.answers is not None,
+        truncation=args.truncation,
+        **options,
+    )
+    vecs, answers = result if args.answers is not None else (result, None)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, vecs)
+    if answers is not None:
+        with open(args.answers, "w", encoding="utf-8") as f:
+            for t, a in zip(texts, answers, strict=True):
+                f.write(json.dumps({"text": t, "answer": a}, ensure_ascii=False) + "\n")
+    if not args.quiet:
+        print(f"wrote {out}: {vecs.shape[0]} x {vecs.shape[1]} float32", file=sys.stderr)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from inbedder.runtime.bundle import load_manifest
+
+    m = load_manifest(args.bundle, verify=not args.no_verify)
+    print(json.dumps(m.to_json(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="inbedder", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("export", help="checkpoint (hub id or directory) -> validated bundle")
+    e.add_argument("model", help="hub id (e.g. BrandonZYW/roberta-large-InBedder) or local directory")
+    e.add_argument("out_dir")
+    e.add_argument("--recipe", help="masked-answer | masked-answer-pair | ... (default: detected)")
+    e.add_argument("--max-length", type=int, default=None)
+    e.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    e.add_argument("--opset", type=int, default=17)
+    e.add_argument("--overwrite", action="store_true")
+    e.set_defaults(func=_cmd_export)
+
+    m = sub.add_parser("embed", help="embed texts from a file or stdin with a bundle")
+    m.add_argument("-m", "--model", required=True, help="bundle directory")
+    m.add_argument("-i", "--instruction", default=None)
+    m.add_argument("input", nargs="?", default="-", help="text file (one per line, or JSONL) or -")
+    m.add_argument("-o", "--output", required=True, help="output .npy")
+    m.add_argument("--answers", default=None, metavar="JSONL", help="also write the answers here")
+    m.add_argument("--format", choices=("auto", "lines", "jsonl"), default="auto")
+    m.add_argument("--batch-size", type=int, default=32)
+    m.add_argument("--normalize", action="store_true", help="L2-normalise the vectors")
+    m.add_argument("--truncation", choices=("input", "reference"), default="input")
+    m.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
+    m.add_argument("--threads", type=int, default=None)
+    m.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    m.set_defaults(func=_cmd_embed)
+
+    i = sub.add_parser("info", help="print a bundle's manifest after checking it")
+    i.add_argument("bundle")
+    i.add_argument("--no-verify", action="store_true", help="skip the sha256 check")
+    i.set_defaults(func=_cmd_info)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from inbedder.runtime.bundle import BundleError
+
+    try:
+        return int(args.func(args))
+    except (BundleError, FileExistsError, ValueError, TypeError, RuntimeError) as e:
+        print(f"inbedder {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Prompts and tokenization: (text, instruction) -> token ids, answer-slot positions, padded batches.
+
+Scope: filling the manifest's prompt template in one pass, tokenizing with the bundle's
+`tokenizer.json` through `tokenizers` (never transformers), the two truncation modes, locating the
+answer slots, and right-padding a batch. Nothing here knows a model family by name: the manifest's
+`PromptSpec` and `TruncationSpec` say everything.
+
+Truncation modes (see README, "Long texts"):
+- "input" (default): the end of the input text is cut until the whole prompt fits; the template,
+  the instruction and the answer slots are always kept. If they alone do not fit, the prompt falls
+  back to the reference rule.
+- "reference": the tokenizer call of the published code (for InBedder: left truncation of the
+  whole prompt, which drops the "### Input:" header and the start of the text).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from .bundle import PromptSpec, TruncationSpec
+
+TRUNCATION_MODES = ("input", "reference")
+_PLACEHOLDER = re.compile(r"\{(input|instruction)\}")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenized prompt."""
+
+    ids: list[int]
+    type_ids: list[int]
+    slots: list[int]  # positions of the answer slots in `ids` (empty when the recipe has none)
+    truncated: bool
+
+
+def fill(template: str, text: str, instruction: str) -> tuple[str, tuple[int, int]]:
+    """Fill `{input}` and `{instruction}` in a single pass; return the string and the input's span.
+
+    The span is (-1, -1) when the template has no `{input}`.
+    """
+    values = {"input": text, "instruction": instruction}
+    out: list[str] = []
+    pos = 0
+    length = 0
+    span = (-1, -1)
+    for m in _PLACEHOLDER.finditer(template):
+        lit = template[pos : m.start()]
+        out.append(lit)
+        length += len(lit)
+        value = values[m.group(1)]
+        if m.group(1) == "input":
+            span = (length, length + len(value))
+        out.append(value)
+        length += len(value)
+        pos = m.end()
+    out.append(template[pos:])
+    return "".join(out), span
+
+
+def _clone(tok: Tokenizer) -> Tokenizer:
+    return Tokenizer.from_str(tok.to_str())
+
+
+class PromptTokenizer:
+    """Turns (text, instruction) pairs into `Encoded` prompts for one bundle."""
+
+    def __init__(self, tokenizer: Tokenizer, prompt: PromptSpec, truncation: TruncationSpec):
+        self.prompt = prompt
+        self.truncation = truncation
+        self.max_length = truncation.max_length
+        # Three configurations of one vocabulary: untruncated (mode "input" measures, then cuts the
+        # text itself), the reference rule, and pairs cut in their first segment only.
+        self._plain = _clone(tokenizer)
+        self._plain.no_padding()
+        self._plain.no_truncation()
+        self._ref = _clone(self._plain)
+        self._ref.enable_truncation(self.max_length, strategy=truncation.strategy, direction=truncation.side)
+        self._first_only = _clone(self._plain)
+        self._first_only.enable_truncation(self.max_length, strategy="only_first", direction="right")
+        self.slot_id: int | None = None
+        if prompt.slot_token is not None:
+            sid = tokenizer.token_to_id(prompt.slot_token)
+            if sid is None:
+                raise ValueError(f"slot token {prompt.slot_token!r} is not in the tokenizer's vocabulary")
+            self.slot_id = sid
+        self.slot_suffix = (prompt.slot_token or "") * prompt.answer_slots
+
+    # -- building strings -------------------------------------------------------------------
+    def segments(self, text: str, instruction: str) -> tuple[list[str], tuple[int, int], int]:
+        """Filled segments (slots appended to the last), the input's span and its segment index."""
+        filled: list[str] = []
+        span, where = (-1, -1), -1
+        for i, tpl in enumerate(self.prompt.segments):
+            s, sp = fill(tpl, text, instruction)
+            if i == len(self.prompt.segments) - 1:
+                s += self.slot_suffix
+            if self.prompt.strip:
+                lead = len(s) - len(s.lstrip())
+                s = s.strip()
+                if sp[0] >= 0:
+                    sp = (max(sp[0] - lead, 0), min(sp[1] - lead, len(s)))
+            if sp[0] >= 0:
+                span, where = sp, i
+            filled.append(s)
+        return filled, span, where
+
+    # -- tokenizing -------------------------------------------------------------------------
+    def _encode(self, tok: Tokenizer, segs: Sequence[str]) -> Encoding:
+        if len(segs) == 1:
+            return tok.encode(segs[0])
+        return tok.encode(segs[0], segs[1])
+
+    def encode(self, text: str, instruction: str, truncation: str = "input") -> Encoded:
+        if truncation not in TRUNCATION_MODES:
+            raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
+        segs, span, where = self.segments(text, instruction)
+        if truncation == "reference":
+            enc = self._encode(self._ref, segs)
+            full = len(self._encode(self._plain, segs).ids)
+            return self._finish(enc, truncated=full > self.max_length)
+        enc = self._encode(self._plain, segs)
+        if len(enc.ids) <= self.max_length:
+            return self._finish(enc, truncated=False)
+        if len(segs) == 2 and where == 0 and self.prompt.segments[0] == "{input}":
+            # The text is a whole segment: tokenizers cuts it natively and keeps the second intact.
+            try:
+                return self._finish(self._encode(self._first_only, segs), truncated=True)
+            except Exception:
+                return self._finish(self._encode(self._ref, segs), truncated=True)
+        return self._cut_input(text, instruction, enc, span, where)
+
+    def _cut_input(
+        self, text: str, instruction: str, enc: Encoding, span: tuple[int, int], where: int
+    ) -> Encoded:
+        """Drop tokens from the end of the input text until the prompt fits."""
+        if span[0] < 0:
+            return self._finish(self._encode(self._ref, self.segments(text, instruction)[0]), True)
+        # Tokens lying wholly inside the input's character span, in order.
+        inside = [
+            i
+            for i, ((s, e), seq) in enumerate(zip(enc.offsets, enc.sequence_ids, strict=True))
+            if seq == where and s >= span[0] and e <= span[1] and e > s
+        ]
+        keep = len(inside) - (len(enc.ids) - self.max_length)
+        while keep > 0:
+            cut = enc.offsets[inside[keep - 1]][1] - span[0]
+            segs, _, _ = self.segments(text[:cut], instruction)
+            trial = self._encode(self._plain, segs)
+            if len(trial.ids) <= self.max_length:
+                return self._finish(trial, truncated=True)
+            keep -= max(1, len(trial.ids) - self.max_length)
+        segs, _, _ = self.segments("", instruction)
+        trial = self._encode(self._plain, segs)
+        if len(trial.ids) <= self.max_length:
+            return self._finish(trial, truncated=True)
+        # Template + instruction + slots alone exceed the limit: the reference rule.
+        return self._finish(self._encode(self._ref, segs), truncated=True)
+
+    def _finish(self, enc: Encoding, truncated: bool) -> Encoded:
+        ids = list(enc.ids)
+        slots: list[int] = []
+        if self.prompt.answer_slots:
+            found = [i for i, t in enumerate(ids) if t == self.slot_id]
+            slots = found[-self.prompt.answer_slots :]
+            if len(slots) < self.prompt.answer_slots:
+                raise ValueError(
+                    f"truncation removed answer slots ({len(slots)} of {self.prompt.answer_slots} "
+                    "left); use truncation='input' or a shorter instruction"
+                )
+        return Encoded(ids=ids, type_ids=list(enc.type_ids), slots=slots, truncated=truncated)
+
+
+def pad_batch(batch: Sequence[Encoded], pad_id: int) -> dict[str, np.ndarray]:
+    """Right-pad a batch to its longest prompt.
+
+    Returns int64 arrays: input_ids, attention_mask, token_type_ids (B, T) and slot_positions
+    (B, S). Right padding leaves every real token's position unchanged, so a text's result does not
+    depend on its neighbours.
+    """
+    longest = max(len(e.ids) for e in batch)
+    n = len(batch)
+    ids = np.full((n, longest), pad_id, dtype=np.int64)
+    mask = np.zeros((n, longest), dtype=np.int64)
+    types = np.zeros((n, longest), dtype=np.int64)
+    for i, e in enumerate(batch):
+        ids[i, : len(e.ids)] = e.ids
+        mask[i, : len(e.ids)] = 1
+        types[i, : len(e.type_ids)] = e.type_ids
+    slots = np.array([e.slots for e in batch], dtype=np.int64).reshape(n, -1)  # (B, S)
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": types,
+        "slot_positions": slots,
+    }

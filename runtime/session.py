@@ -1,0 +1,56 @@
+"""ONNX Runtime sessions: execution-provider choice and options.
+
+Scope: "cpu" | "cuda" | "auto" -> providers, thread counts, and a loud error (never a silent CPU
+fallback) when CUDA is asked for and cannot be had.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+
+DEVICES = ("cpu", "cuda", "auto")
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+
+def cuda_available() -> bool:
+    return _CUDA in ort.get_available_providers()
+
+
+def resolve_device(device: str) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if device == "cuda" and not cuda_available():
+        raise RuntimeError(
+            "device='cuda' was asked for but onnxruntime has no CUDAExecutionProvider "
+            f"(available: {', '.join(ort.get_available_providers())}). Install onnxruntime-gpu "
+            "(and not onnxruntime) on a machine with an NVIDIA GPU, or use device='cpu'."
+        )
+    return device
+
+
+def make_session(
+    path: str | os.PathLike[str], device: str, threads: int | None = None
+) -> ort.InferenceSession:
+    """One inference session on the resolved device ("cpu" or "cuda")."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    providers = [_CUDA, _CPU] if device == "cuda" else [_CPU]
+    session = ort.InferenceSession(str(Path(path)), sess_options=opts, providers=providers)
+    if device == "cuda" and session.get_providers()[0] != _CUDA:
+        # onnxruntime falls back to CPU when the CUDA libraries fail to load; we do not.
+        raise RuntimeError(
+            f"CUDAExecutionProvider could not be initialised for {path} (session providers: "
+            f"{session.get_providers()}); check the CUDA/cuDNN libraries onnxruntime-gpu needs"
+        )
+    return session
