@@ -73,6 +73,9 @@ def load(source: str, revision: str | None = None) -> tuple[nn.Module, Any]:
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"{source}: needs a fast (tokenizers) tokenizer to write tokenizer.json")
+    # Weights a checkpoint lacks (e.g. an encoder-only checkpoint's MLM head) are initialised
+    # randomly: seed so that exporting the same checkpoint twice gives the same bundle.
+    torch.manual_seed(0)
     # Eager attention: one traced graph for any padding, and the pattern onnxruntime's fusions know.
     model = AutoModelForMaskedLM.from_pretrained(
         source, revision=revision, attn_implementation="eager"

@@ -140,11 +140,12 @@ class PromptTokenizer:
         """Drop tokens from the end of the input text until the prompt fits."""
         if span[0] < 0:
             return self._finish(self._encode(self._ref, self.segments(text, instruction)[0]), True)
-        # Tokens lying wholly inside the input's character span, in order.
+        # Tokens lying wholly inside the input's character span, in order (byte-level BPE gives
+        # some tokens, e.g. a lone space marker, an empty span: they count too).
         inside = [
             i
             for i, ((s, e), seq) in enumerate(zip(enc.offsets, enc.sequence_ids, strict=True))
-            if seq == where and s >= span[0] and e <= span[1] and e > s
+            if seq == where and s >= span[0] and e <= span[1]
         ]
         keep = len(inside) - (len(enc.ids) - self.max_length)
         while keep > 0:
