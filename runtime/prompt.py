@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -74,14 +75,11 @@ class PromptTokenizer:
         self.truncation = truncation
         self.max_length = truncation.max_length
         # Three configurations of one vocabulary: untruncated (mode "input" measures, then cuts the
-        # text itself), the reference rule, and pairs cut in their first segment only.
+        # text itself), the reference rule, and pairs cut in their first segment only. The last
+        # two are built on first use (parsing a 50k vocabulary costs tens of ms at load).
         self._plain = _clone(tokenizer)
         self._plain.no_padding()
         self._plain.no_truncation()
-        self._ref = _clone(self._plain)
-        self._ref.enable_truncation(self.max_length, strategy=truncation.strategy, direction=truncation.side)
-        self._first_only = _clone(self._plain)
-        self._first_only.enable_truncation(self.max_length, strategy="only_first", direction="right")
         self.slot_id: int | None = None
         if prompt.slot_token is not None:
             sid = tokenizer.token_to_id(prompt.slot_token)
@@ -89,6 +87,20 @@ class PromptTokenizer:
                 raise ValueError(f"slot token {prompt.slot_token!r} is not in the tokenizer's vocabulary")
             self.slot_id = sid
         self.slot_suffix = (prompt.slot_token or "") * prompt.answer_slots
+
+    @cached_property
+    def _ref(self) -> Tokenizer:
+        tok = _clone(self._plain)
+        tok.enable_truncation(
+            self.max_length, strategy=self.truncation.strategy, direction=self.truncation.side
+        )
+        return tok
+
+    @cached_property
+    def _first_only(self) -> Tokenizer:
+        tok = _clone(self._plain)
+        tok.enable_truncation(self.max_length, strategy="only_first", direction="right")
+        return tok
 
     # -- building strings -------------------------------------------------------------------
     def segments(self, text: str, instruction: str) -> tuple[list[str], tuple[int, int], int]:
