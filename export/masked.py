@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from inbedder.runtime.bundle import GraphSpec, Manifest, PromptSpec, TruncationSpec
 from torch import nn
+
+from inbedder.runtime.bundle import GraphSpec, Manifest, PromptSpec, TruncationSpec
 
 from .reference import Reference, head_transform, masked_reference, resolve
 from .specs import MASKED_LM_ARCHS, MaskedLMArch, Recipe
@@ -203,6 +204,11 @@ def build(
             "architecture": type(model).__name__,
             "model_type": model.config.model_type,
             "parameters": sum(p.numel() for p in model.parameters()),
+            # Shapes later stages need (the quantizer's fusions, the C++ runtime's buffers).
+            "hidden_size": hidden,
+            "num_attention_heads": int(model.config.num_attention_heads),
+            "num_hidden_layers": int(model.config.num_hidden_layers),
+            "vocab_size": int(model.config.vocab_size),
         },
     )
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from inbedder.runtime.samples import VALIDATION_INSTRUCTIONS, VALIDATION_TEXTS
+
 from .reference import Reference
 
 # Embeddings must agree to EMBEDDING_ATOL, relative to the larger of 1 and the reference's largest
@@ -22,29 +24,6 @@ from .reference import Reference
 EMBEDDING_ATOL = 1e-4
 # An answer token may differ only where the reference's top-2 logits are this close (a tie).
 ANSWER_TIE_MARGIN = 1e-3
-
-_LONG = (
-    "The committee met on a rainy Tuesday to review the budget, the hiring plan and the new "
-    "office lease; after three hours of discussion nobody could agree on anything. "
-)
-VALIDATION_TEXTS: tuple[str, ...] = (
-    "I love cats!",
-    "The flight from Paris was delayed by four hours and I missed my meeting in Chicago.",
-    "Ça coûte 20 €, naïve café — 東京で会いましょう 🙂",
-    "",
-    _LONG * 40,  # ~1,300 tokens: past any 512 limit, exercises truncation
-    "ok",
-    "She finally got the job she had dreamed about for years, and called her mother at once.",
-)
-VALIDATION_INSTRUCTIONS: tuple[str, ...] = (
-    "What is the emotion expressed here?",
-    "Where did this happen?",
-    "What language is this?",
-    "What is the topic?",
-    "What is the main problem?",
-    "What is the sentiment?",
-    "Who is mentioned?",
-)
 
 
 class ExportValidationError(RuntimeError):

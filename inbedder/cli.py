@@ -1,4 +1,4 @@
-"""The `inbedder` command line: export, embed, info (quantize arrives with its stage).
+"""The `inbedder` command line: export, quantize, embed, info.
 
 Scope: argument parsing and file formats only; every command calls the same functions a Python user
 calls. `embed` reads one text per line, or JSONL with a "text" field (and optional
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
+
+from inbedder.runtime.bundle import Manifest  # stdlib-only module: cheap to import
 
 
 def _read_texts(stream: TextIO, fmt: str, source: str) -> tuple[list[str], list[str] | None]:
@@ -56,7 +58,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         revision=args.revision,
         opset=args.opset,
         overwrite=args.overwrite,
+        precision=args.precision,
     )
+    if m.precision != "fp32":
+        _print_gate(args.out_dir, m)
+        return 0
     v = m.validation
     print(
         f"wrote {args.out_dir}: recipe {m.recipe}, dim {m.embedding_dim}, max_length "
@@ -64,6 +70,44 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"(tolerance {v.get('tolerance', float('nan')):.3g}), answers equal "
         f"{v.get('answers_equal')}/{v.get('prompts')}"
     )
+    return 0
+
+
+def _print_gate(out: str, m: Manifest) -> None:
+    v, q = m.validation, m.options.get("quantization", {})
+    ans = "" if v.get("answers_agree") is None else f", answers agree {v['answers_agree']}/{v['texts']}"
+    rr = "" if "reduce_range" not in q else f"; reduce_range={q['reduce_range']} ({q.get('cpu')})"
+    print(
+        f"wrote {out}: {m.precision} bundle; fidelity vs fp32: min cosine {v['min_cosine']:.5f}, "
+        f"mean {v['mean_cosine']:.5f} over {v['texts']} texts{ans} (bound {v['bound']}){rr}"
+    )
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from inbedder.quantize import quantize_bundle
+
+    calibration = None
+    if args.calibration is not None:
+        path = Path(args.calibration)
+        if not path.is_file():
+            raise SystemExit(f"{path}: no such calibration file")
+        with path.open(encoding="utf-8") as f:
+            texts, per_text = _read_texts(f, "auto", str(path))
+        if not texts:
+            raise SystemExit(f"{path}: the calibration file has no texts")
+        instr = per_text or [args.instruction] * len(texts)
+        calibration = [(t, i or args.instruction) for t, i in zip(texts, instr, strict=True)]
+    m = quantize_bundle(
+        args.bundle,
+        args.out_dir,
+        precision=args.precision,
+        calibration=calibration,
+        min_cosine=args.min_cosine,
+        reduce_range=args.reduce_range,
+        per_channel=args.per_channel,
+        overwrite=args.overwrite,
+    )
+    _print_gate(args.out_dir, m)
     return 0
 
 
@@ -131,7 +175,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     e.add_argument("--opset", type=int, default=17)
     e.add_argument("--overwrite", action="store_true")
+    e.add_argument(
+        "--precision", choices=("fp32", "int8", "fp16"), default="fp32", help="quantize after export"
+    )
     e.set_defaults(func=_cmd_export)
+
+    q = sub.add_parser("quantize", help="fp32 bundle -> int8 (CPU) / fp16 (CUDA) bundle, behind a gate")
+    q.add_argument("bundle", help="an fp32 bundle")
+    q.add_argument("out_dir")
+    q.add_argument("--precision", choices=("int8", "fp16"), default="int8")
+    q.add_argument("--calibration", metavar="FILE", help="texts: one per line, or JSONL text/instruction")
+    q.add_argument(
+        "-i", "--instruction", default="What is this text about?", help="for calibration texts without one"
+    )
+    q.add_argument("--min-cosine", type=float, default=0.99, help="refuse below this (default 0.99)")
+    q.add_argument(
+        "--reduce-range",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="7-bit weights (default: on for x86 CPUs without VNNI)",
+    )
+    q.add_argument("--per-channel", action="store_true", help="per-channel weight scales")
+    q.add_argument("--overwrite", action="store_true")
+    q.set_defaults(func=_cmd_quantize)
 
     m = sub.add_parser("embed", help="embed texts from a file or stdin with a bundle")
     m.add_argument("-m", "--model", required=True, help="bundle directory")
@@ -162,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (BundleError, FileExistsError, ValueError, TypeError, RuntimeError) as e:
+        # RuntimeError covers ExportValidationError and QuantizationRefused: their text has the figures.
         print(f"inbedder {args.command}: error: {e}", file=sys.stderr)
         return 2
 

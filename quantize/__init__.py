@@ -1,1 +1,17 @@
-"""int8 (CPU) and fp16 (CUDA) bundles with a fidelity gate. Not implemented yet (see issue 3)."""
+"""inbedder.quantize: int8 (CPU) and fp16 (CUDA) bundles that must pass a fidelity gate.
+
+Needs `onnx` (the `quantize` or `export` extra) besides the runtime.
+"""
+
+from .core import PRECISIONS, quantize_bundle
+from .gate import DEFAULT_MIN_COSINE, GateFigures, QuantizationRefused
+from .isa import cpu_features
+
+__all__ = [
+    "DEFAULT_MIN_COSINE",
+    "PRECISIONS",
+    "GateFigures",
+    "QuantizationRefused",
+    "cpu_features",
+    "quantize_bundle",
+]

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from inbedder.runtime.bundle import MANIFEST_NAME, write_bundle
 
 from inbedder import BundleError, Embedder, load_manifest
+from inbedder.runtime.bundle import MANIFEST_NAME, write_bundle
 
 
 @pytest.fixture
@@ -147,6 +147,7 @@ def test_lm_head_runs_only_at_the_slots(masked_bundle: Path):
 def test_failed_validation_writes_nothing(tiny_roberta_dir: Path, tmp_path: Path, monkeypatch):
     """An exporter whose graph disagrees with PyTorch is refused with the largest difference."""
     import torch
+
     from inbedder.export import ExportValidationError, export_bundle
     from inbedder.export import masked as masked_export
 

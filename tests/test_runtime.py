@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from inbedder.runtime import cuda_available
 
 from inbedder import Embedder
+from inbedder.runtime import cuda_available
 
 TEXTS = [
     "I love cats!",

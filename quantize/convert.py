@@ -1,0 +1,151 @@
+"""Graph conversions: onnxruntime's transformer fusions, int8 dynamic quantization, fp16.
+
+Scope: one fp32 ONNX file in, one converted file out, using onnxruntime's own tools
+(`onnxruntime.transformers.optimizer`, `onnxruntime.quantization.quantize_dynamic`,
+`onnxruntime.transformers.float16`). Which fusion set applies comes from the bundle's
+`source.model_type` through `FUSION_MODEL_TYPES` (data, not special cases); an unknown type is
+quantized without fusions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+# transformers model_type -> onnxruntime.transformers optimizer model_type
+FUSION_MODEL_TYPES: dict[str, str] = {
+    "roberta": "bert",
+    "xlm-roberta": "bert",
+    "camembert": "bert",
+    "bert": "bert",
+    "t5": "t5",
+}
+
+# int8: weight MatMuls (incl. the LM head projection at the slots), the QKV projection of fused
+# Attention, and the token-embedding lookup table. Activation x activation MatMuls stay fp32
+# (MatMulConstBOnly): on AVX2 their per-call quantization costs more than it saves.
+INT8_OP_TYPES = ("MatMul", "Attention", "Gather")
+# fp16: onnxruntime's default block list plus the log-softmax over the vocabulary at the slots (a
+# sum of 50k exponentials). Fused norms and attention accumulate in fp32 inside their kernels.
+FP16_FP32_OPS = ("LogSoftmax",)
+FP16_MAX = 65504.0
+
+
+@dataclass
+class ConversionReport:
+    fusions: dict[str, int] = field(default_factory=dict)
+    ops_after: dict[str, int] = field(default_factory=dict)
+    kept_fp32: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"fusions": self.fusions, "ops": self.ops_after, "kept_fp32": self.kept_fp32}
+
+
+def _op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    return dict(Counter(n.op_type for n in model.graph.node).most_common())
+
+
+def fuse(
+    src: Path, dst: Path, source: Mapping[str, Any], *, use_gpu: bool = False
+) -> tuple[bool, dict[str, int]]:
+    """Apply onnxruntime's transformer fusions (attention, skip layer norm, GELU) if the model type
+    is known. Returns (fused?, the fused-operator statistics)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    kind = FUSION_MODEL_TYPES.get(str(source.get("model_type")))
+    if kind is None:
+        onnx.save(onnx.load(src), dst)
+        return False, {}
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    opt = optimize_model(
+        str(src),
+        model_type=kind,
+        num_heads=int(source.get("num_attention_heads", 0)),
+        hidden_size=int(source.get("hidden_size", 0)),
+        optimization_options=FusionOptions(kind),
+        opt_level=0,  # python fusions only: the saved graph stays portable across CPUs and EPs
+        use_gpu=use_gpu,
+    )
+    stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
+    opt.save_model_to_file(str(dst))
+    return True, stats
+
+
+def quantize_int8(
+    src: Path,
+    dst: Path,
+    *,
+    reduce_range: bool,
+    per_channel: bool = False,
+    exclude: Iterable[str] = (),
+    only: Iterable[str] = (),
+) -> dict[str, int]:
+    """Dynamic int8 quantization of the weights (activations quantized per call); nodes named in
+    `exclude` stay fp32; a non-empty `only` quantizes just those nodes."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger("root").setLevel(logging.ERROR)  # its pre-processing advice is not for us
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        op_types_to_quantize=list(INT8_OP_TYPES),
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(exclude),
+        nodes_to_quantize=list(only),
+        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    return _op_counts(onnx.load(dst))
+
+
+def overflowing_nodes(
+    model_path: Path, feeds: Iterable[Mapping[str, np.ndarray]], limit: float = FP16_MAX / 2
+) -> list[str]:
+    """Nodes whose fp32 outputs leave the fp16 range (with a 2x margin) on the given inputs.
+
+    Every float intermediate is exposed as a graph output and the fp32 graph is run on CPU: a
+    direct measurement of which layers would overflow, rather than a guess from the architecture.
+    """
+    import onnxruntime as ort
+
+    model = onnx.load(model_path)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    floats = {
+        vi.name for vi in inferred.graph.value_info if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    }
+    producer = {out: n.name for n in model.graph.node for out in n.output}
+    existing = {o.name for o in model.graph.output}
+    names = sorted(floats - existing)
+    for name in names:
+        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    bad: set[str] = set()
+    for feed in feeds:
+        for name, value in zip(names, sess.run(names, dict(feed)), strict=True):
+            if value.size and float(np.abs(value).max()) > limit:
+                bad.add(producer[name])
+    return sorted(bad)
+
+
+def convert_fp16(src: Path, dst: Path, keep_fp32_nodes: Iterable[str]) -> dict[str, int]:
+    """fp16 weights and compute, inputs/outputs as declared, overflowing nodes and norms in fp32."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(src)
+    out = convert_float_to_float16(
+        model,
+        keep_io_types=True,
+        op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_FP32_OPS],
+        node_block_list=list(keep_fp32_nodes),
+    )
+    onnx.save(out, dst)
+    return _op_counts(out)

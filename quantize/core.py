@@ -1,0 +1,242 @@
+"""`quantize_bundle`: an fp32 bundle -> an int8 (CPU) or fp16 (CUDA) bundle, behind a fidelity gate.
+
+Scope: converting every graph of the bundle (`convert.py`), staging the new bundle, running the
+gate against the source (`gate.py`) and writing the result atomically, or refusing with the
+figures. Nothing here depends on the model family beyond what the manifest says.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from inbedder.runtime import Embedder
+from inbedder.runtime.bundle import Manifest, load_manifest, write_bundle
+from inbedder.runtime.samples import calibration_pairs
+from inbedder.runtime.session import cuda_available
+
+from .convert import FP16_FP32_OPS, INT8_OP_TYPES, convert_fp16, fuse, overflowing_nodes, quantize_int8
+from .gate import DEFAULT_MIN_COSINE, GateFigures, QuantizationRefused, compare
+from .isa import cpu_features
+from .sensitivity import rank_end_to_end, rank_matmuls
+
+PRECISIONS = ("int8", "fp16")
+MAX_FP32_FRACTION = 1 / 3  # int8 fallback keeps at most this share of weight MatMuls in fp32
+RANKING_TEXTS = 12  # calibration texts used to rank MatMuls by int8 error
+RANKING_CANDIDATES = 16  # MatMuls (largest local error) whose end-to-end effect is measured
+
+
+def quantize_bundle(
+    src: str | Path,
+    out: str | Path,
+    *,
+    precision: str = "int8",
+    calibration: Sequence[tuple[str, str]] | None = None,
+    min_cosine: float = DEFAULT_MIN_COSINE,
+    reduce_range: bool | None = None,
+    per_channel: bool = False,
+    fallback: bool = True,
+    overwrite: bool = False,
+) -> Manifest:
+    """Write a `precision` copy of the fp32 bundle `src` to `out` (which may be `src` itself with
+    `overwrite=True`) if its embeddings stay within `min_cosine` of the source's on the
+    calibration (text, instruction) pairs; otherwise raise `QuantizationRefused`.
+
+    `reduce_range=None` chooses by CPU: 7-bit weights on x86 without VNNI, where u8 x s8
+    multiply-adds can saturate; full range elsewhere. The choice is recorded in the manifest.
+    With `fallback` (int8), settings that fail the gate give way to more faithful ones (see
+    `_int8_with_fallback`); every attempt's figure is recorded.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if not 0.0 < min_cosine <= 1.0:
+        raise ValueError(f"min_cosine must be in (0, 1], got {min_cosine}")
+    src, out = Path(src), Path(out)
+    manifest = load_manifest(src)
+    if manifest.precision != "fp32":
+        raise ValueError(f"{src}: quantize from an fp32 bundle (this one is {manifest.precision})")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    pairs = list(calibration) if calibration is not None else calibration_pairs()
+    label = "built-in" if calibration is None else "user"
+    reference = Embedder(src)  # loaded now: `out` may replace `src`
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.quantize-", dir=out.parent))
+    device = "cuda" if precision == "fp16" and cuda_available() else "cpu"
+
+    def stage_and_gate(record: dict[str, Any], graphs_dir: Path) -> tuple[Manifest, GateFigures]:
+        """Stage a bundle from the converted graphs and measure it against the source."""
+        record["source_validation"] = dict(manifest.validation)
+        staged_manifest = dataclasses.replace(
+            manifest,
+            precision=precision,
+            options={**manifest.options, "quantization": record},
+            validation={},
+            files={},
+        )
+        stage = work / "staged"
+        staged = write_bundle(
+            stage, staged_manifest, lambda d: _copy_graphs(graphs_dir, d, src, manifest), overwrite=True
+        )
+        candidate = Embedder(stage, device=device, verify=False)
+        return staged, compare(reference, candidate, pairs, bound=min_cosine, calibration=label)
+
+    try:
+        if precision == "int8":
+            staged, figures = _int8_with_fallback(
+                src, manifest, work, reference, pairs, reduce_range, per_channel, fallback, stage_and_gate
+            )
+        else:
+            staged, figures = stage_and_gate(_to_fp16(src, manifest, work, reference, pairs), work)
+        if not figures.passed:
+            attempts = staged.options["quantization"].get("attempts")
+            raise QuantizationRefused(
+                f"{precision} bundle refused: {figures.summary()}; worst text {figures.worst_text!r}"
+                + (f"; earlier attempts: {attempts}" if attempts else "")
+            )
+        final = dataclasses.replace(staged, validation=figures.as_json(), files={})
+        written = write_bundle(out, final, lambda d: _move_all(work / "staged", d), overwrite=overwrite)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return written
+
+
+def _count(path: Path, op_type: str) -> int:
+    import onnx
+
+    return sum(n.op_type == op_type for n in onnx.load(path, load_external_data=False).graph.node)
+
+
+def _feeds(reference: Embedder, role: str, pairs: Sequence[tuple[str, str]], limit: int | None = None):
+    """Graph inputs for each calibration pair, when the graph is fed what `pad` builds (single-pass
+    graphs); None for graphs fed otherwise (e.g. decode steps with a cache)."""
+    pipe = reference.pipeline
+    encoded = pipe.tokenize([t for t, _ in pairs], [i for _, i in pairs], "input")[:limit]
+    if not set(reference.manifest.graphs[role].inputs) <= set(pipe.pad(encoded[:1])):
+        return None
+    return [pipe.feed(role, pipe.pad([e])) for e in encoded]
+
+
+def _int8_with_fallback(
+    src: Path,
+    manifest: Manifest,
+    work: Path,
+    reference: Embedder,
+    pairs: Sequence[tuple[str, str]],
+    reduce_range: bool | None,
+    per_channel: bool,
+    fallback: bool,
+    stage_and_gate: Any,
+) -> tuple[Manifest, GateFigures]:
+    """Try int8 settings from fastest to most faithful until the gate passes: per-tensor weights,
+    per-channel weights, then per-channel with the MatMuls that lose most to int8 (measured by
+    `sensitivity.rank_matmuls`) kept in fp32, up to `MAX_FP32_FRACTION` of them."""
+    isa = cpu_features()
+    chosen = isa.default_reduce_range() if reduce_range is None else bool(reduce_range)
+    fused_dir = work / "fused"
+    fused_dir.mkdir()
+    fusion: dict[str, Any] = {}
+    for role, graph in manifest.graphs.items():
+        fused, stats = fuse(src / graph.file, fused_dir / graph.file, manifest.source)
+        fusion[role] = {"fused": fused, "fusions": stats}
+    ladder: list[tuple[bool, int]] = [(per_channel, 0)]
+    if fallback and not per_channel:
+        ladder.append((True, 0))
+    ranking: dict[str, list[tuple[str, float]]] = {}
+    weight_matmuls = 0
+    tried: list[dict[str, Any]] = []
+    step = 0
+    staged, figures = None, None
+    while step < len(ladder):
+        pc, n_keep = ladder[step]
+        out_dir = work / f"try{step}"
+        out_dir.mkdir()
+        record: dict[str, Any] = {
+            "method": "onnxruntime.quantization.quantize_dynamic",
+            "weights": "int8 (QInt8), " + ("per-channel" if pc else "per-tensor"),
+            "activations": "uint8, dynamic per call",
+            "op_types": list(INT8_OP_TYPES),
+            "matmul_const_b_only": True,
+            "reduce_range": chosen,
+            "reduce_range_source": "auto" if reduce_range is None else "user",
+            "cpu": isa.summary,
+            "graphs": {},
+        }
+        for role, graph in manifest.graphs.items():
+            keep = [name for name, _ in ranking.get(role, [])[:n_keep]]
+            ops = quantize_int8(
+                fused_dir / graph.file,
+                out_dir / graph.file,
+                reduce_range=chosen,
+                per_channel=pc,
+                exclude=keep,
+            )
+            record["graphs"][role] = {**fusion[role], "ops": ops, "kept_fp32_nodes": keep}
+        record["attempts"] = list(tried)
+        staged, figures = stage_and_gate(record, out_dir)
+        tried.append({"per_channel": pc, "kept_fp32": n_keep, "min_cosine": round(figures.min_cosine, 6)})
+        shutil.rmtree(out_dir)
+        if figures.passed or not fallback:
+            break
+        if step == len(ladder) - 1 and not ranking:
+            # Rank once, on the fused fp32 graphs: the MatMuls with the largest local int8
+            # error are candidates; their end-to-end effect orders them.
+            for role, graph in manifest.graphs.items():
+                feeds = _feeds(reference, role, pairs, limit=RANKING_TEXTS)
+                if feeds is not None:
+                    local = rank_matmuls(fused_dir / graph.file, feeds, per_channel=True, reduce_range=chosen)
+                    weight_matmuls = max(
+                        weight_matmuls, len(local) + _count(fused_dir / graph.file, "Attention")
+                    )
+                    ranking[role] = rank_end_to_end(
+                        fused_dir / graph.file,
+                        feeds,
+                        [name for name, _ in local[:RANKING_CANDIDATES]],
+                        work,
+                        per_channel=True,
+                        reduce_range=chosen,
+                    )
+            for n in range(1, int(weight_matmuls * MAX_FP32_FRACTION) + 1):
+                ladder.append((True, n))
+        step += 1
+    assert staged is not None and figures is not None
+    return staged, figures
+
+
+def _to_fp16(
+    src: Path, manifest: Manifest, work: Path, reference: Embedder, pairs: Sequence[tuple[str, str]]
+) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "method": "onnxruntime.transformers.float16.convert_float_to_float16 (keep_io_types)",
+        "fp32_op_types": list(FP16_FP32_OPS),
+        "graphs": {},
+    }
+    for role, graph in manifest.graphs.items():
+        fused_path = work / f"{role}.fused.onnx"
+        fused, stats = fuse(src / graph.file, fused_path, manifest.source, use_gpu=True)
+        # Overflow is measured on the fp32 graph where its inputs can be built from the
+        # calibration set; other graphs rely on the fp32 op list alone.
+        feeds = _feeds(reference, role, pairs)
+        keep = overflowing_nodes(src / graph.file, feeds) if feeds is not None else []
+        ops = convert_fp16(fused_path, work / graph.file, keep)
+        fused_path.unlink()
+        record["graphs"][role] = {"fused": fused, "fusions": stats, "ops": ops, "kept_fp32_nodes": keep}
+    return record
+
+
+def _copy_graphs(graphs_dir: Path, dst: Path, src: Path, manifest: Manifest) -> None:
+    """The converted graphs from `graphs_dir`, every other bundle file from `src`."""
+    graph_files = {g.file for g in manifest.graphs.values()}
+    for name in manifest.files:
+        shutil.copy2((graphs_dir if name in graph_files else src) / name, dst / name)
+
+
+def _move_all(src: Path, dst: Path) -> None:
+    for p in src.iterdir():
+        if p.is_file() and p.name != "inbedder.json":
+            shutil.move(str(p), dst / p.name)
