@@ -22,7 +22,10 @@ from .validate import EMBEDDING_ATOL, validate
 
 DEFAULT_OPSET = 17
 # family -> module with `build(source, recipe, work, *, max_length, opset, revision)`
-EXPORTERS: dict[str, str] = {"masked-lm": "inbedder.export.masked"}
+EXPORTERS: dict[str, str] = {
+    "masked-lm": "inbedder.export.masked",
+    "encoder": "inbedder.export.instructor",
+}
 
 
 def _read_config(source: str, revision: str | None) -> dict[str, Any]:
@@ -35,12 +38,24 @@ def _read_config(source: str, revision: str | None) -> dict[str, Any]:
     return AutoConfig.from_pretrained(source, revision=revision).to_dict()
 
 
+def _has_st_modules(source: str, revision: str | None) -> bool:
+    """A sentence-transformers layout (modules.json), as INSTRUCTOR checkpoints have."""
+    local = Path(source)
+    if local.is_dir():
+        return (local / "modules.json").is_file()
+    from huggingface_hub import file_exists
+
+    return bool(file_exists(source, "modules.json", revision=revision))
+
+
 def detect_recipe(source: str, revision: str | None = None) -> Recipe:
     """The recipe for a checkpoint: a known hub id's, else its family's default."""
     if source in KNOWN_MODELS:
         return RECIPES[KNOWN_MODELS[source]]
     cfg = _read_config(source, revision)
     archs = cfg.get("architectures") or []
+    if cfg.get("model_type") == "t5" and _has_st_modules(source, revision):
+        return RECIPES[DEFAULT_RECIPE["encoder"]]
     if cfg.get("model_type") in MASKED_LM_ARCHS or any(a.endswith("ForMaskedLM") for a in archs):
         return RECIPES[DEFAULT_RECIPE["masked-lm"]]
     raise ValueError(

@@ -23,6 +23,7 @@ class Recipe:
     max_length: int = 512
     slot_states: str = "hidden"  # "hidden": last layer; "lm_head_transform": dense -> act -> norm
     postprocess: tuple[str, ...] = ()
+    strip: bool = False  # strip the filled prompt (INSTRUCTOR)
     description: str = ""
 
 
@@ -49,6 +50,16 @@ RECIPES: dict[str, Recipe] = {
             description="model-card path: (text, instruction + 3 masks) pair, LM-head transform "
             "at the masks, mean, standardise",
         ),
+        Recipe(
+            name="instructor",
+            family="encoder",
+            segments=("{instruction}{input}",),
+            truncation_side="right",
+            postprocess=("l2",),
+            strip=True,
+            description="INSTRUCTOR: (instruction + text).strip(), T5 encoder, mean over the text "
+            "tokens only, Dense without bias, L2",
+        ),
     )
 }
 
@@ -56,9 +67,12 @@ RECIPES: dict[str, Recipe] = {
 KNOWN_MODELS: dict[str, str] = {
     "BrandonZYW/roberta-large-InBedder": "masked-answer",
     "KomeijiForce/inbedder-roberta-large": "masked-answer-pair",
+    "hkunlp/instructor-base": "instructor",
+    "hkunlp/instructor-large": "instructor",
+    "hkunlp/instructor-xl": "instructor",
 }
 
-DEFAULT_RECIPE = {"masked-lm": "masked-answer"}
+DEFAULT_RECIPE = {"masked-lm": "masked-answer", "encoder": "instructor"}
 
 
 @dataclass(frozen=True)

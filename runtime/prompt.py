@@ -37,6 +37,7 @@ class Encoded:
     type_ids: list[int]
     slots: list[int]  # positions of the answer slots in `ids` (empty when the recipe has none)
     truncated: bool
+    prefix: int = 0  # leading tokens left out of pooling (INSTRUCTOR's instruction)
 
 
 def fill(template: str, text: str, instruction: str) -> tuple[str, tuple[int, int]]:
@@ -101,6 +102,10 @@ class PromptTokenizer:
         tok = _clone(self._plain)
         tok.enable_truncation(self.max_length, strategy="only_first", direction="right")
         return tok
+
+    def token_count(self, text: str) -> int:
+        """Tokens of `text` alone, special tokens included, never truncated."""
+        return len(self._plain.encode(text).ids)
 
     # -- building strings -------------------------------------------------------------------
     def segments(self, text: str, instruction: str) -> tuple[list[str], tuple[int, int], int]:
@@ -191,9 +196,9 @@ class PromptTokenizer:
 def pad_batch(batch: Sequence[Encoded], pad_id: int) -> dict[str, np.ndarray]:
     """Right-pad a batch to its longest prompt.
 
-    Returns int64 arrays: input_ids, attention_mask, token_type_ids (B, T) and slot_positions
-    (B, S). Right padding leaves every real token's position unchanged, so a text's result does not
-    depend on its neighbours.
+    Returns int64 arrays: input_ids, attention_mask, token_type_ids (B, T), slot_positions
+    (B, S) and pool_start (B,) (the first position pooled). Right padding leaves every real
+    token's position unchanged, so a text's result does not depend on its neighbours.
     """
     longest = max(len(e.ids) for e in batch)
     n = len(batch)
@@ -210,4 +215,5 @@ def pad_batch(batch: Sequence[Encoded], pad_id: int) -> dict[str, np.ndarray]:
         "attention_mask": mask,
         "token_type_ids": types,
         "slot_positions": slots,
+        "pool_start": np.array([e.prefix for e in batch], dtype=np.int64),
     }
