@@ -87,6 +87,7 @@ def export_bundle(
     overwrite: bool = False,
     atol: float = EMBEDDING_ATOL,
     precision: str = "fp32",
+    decode_steps: int | None = None,
 ) -> Manifest:
     """Export `model` to a bundle at `out_dir` and return its manifest.
 
@@ -108,10 +109,17 @@ def export_bundle(
             model, spec, work, max_length=max_length, opset=opset, revision=revision
         )
         manifest = dataclasses.replace(manifest, exporter=_versions(opset))
+        if decode_steps is not None:
+            # Validation runs the reference's single pass; the default for users is stored after.
+            if not isinstance(decode_steps, int) or decode_steps < 1:
+                raise ValueError(f"decode_steps must be a positive int, got {decode_steps!r}")
+            if manifest.family != "masked-lm":
+                raise ValueError(f"decode_steps applies to masked-LM bundles, not {manifest.family!r}")
         # A scratch manifest lets the runtime run the scratch directory for validation.
         staged = write_bundle(work / "staged", manifest, lambda d: _move_all(work, d))
         figures = validate(work / "staged", reference, atol=atol)
-        final = dataclasses.replace(staged, validation=figures.as_json(), files={})
+        options = {**staged.options, **({"decode_steps": decode_steps} if decode_steps else {})}
+        final = dataclasses.replace(staged, validation=figures.as_json(), options=options, files={})
         written = write_bundle(out, final, lambda d: _move_all(work / "staged", d), overwrite=overwrite)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -59,6 +59,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         opset=args.opset,
         overwrite=args.overwrite,
         precision=args.precision,
+        decode_steps=args.decode_steps,
     )
     if m.precision != "fp32":
         _print_gate(args.out_dir, m)
@@ -174,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-length", type=int, default=None)
     e.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     e.add_argument("--opset", type=int, default=17)
+    e.add_argument(
+        "--decode-steps", type=int, default=None, help="masked LMs: default passes of iterative unmasking"
+    )
     e.add_argument("--overwrite", action="store_true")
     e.add_argument(
         "--precision", choices=("fp32", "int8", "fp16"), default="fp32", help="quantize after export"
@@ -211,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--truncation", choices=("input", "reference"), default="input")
     m.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
     m.add_argument("--threads", type=int, default=None)
+    m.add_argument(
+        "--decode-steps", type=int, default=None, help="masked LMs: passes of iterative unmasking (default 1)"
+    )
     m.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     m.set_defaults(func=_cmd_embed)
 

@@ -1,14 +1,20 @@
 """Masked-LM answer embedders (recipes `masked-answer`, `masked-answer-pair`).
 
-Scope: one pass of the exported graph over prompts that end in answer slots (`<mask>` x 3); the
-graph returns the slot states (B, S, H) and the greedy answer token at each slot (B, S); the
-embedding is the mean over the slots. Everything recipe-specific (prompt, LM-head transform, final
-standardisation) is in the manifest or baked into the graph at export.
+Scope: passes of the exported graph over prompts that end in answer slots (`<mask>` x 3); the
+graph returns the slot states (B, S, H), the greedy answer token at each slot (B, S) and its
+log-probability (B, S); the embedding is the mean over the slots of the final pass. Everything
+recipe-specific (prompt, LM-head transform, final standardisation) is in the manifest or baked
+into the graph at export.
+
+Iterative unmasking (`decode_steps` = k passes, default 1 = the reference): after each of the
+first k - 1 passes, every text fills its single most confident unfilled slot with that slot's
+argmax token; the final pass gives the embedding (at the same slot positions) and the answer
+(filled tokens, plus the final argmax at slots still open). k ranges over 1..S+1.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,14 +26,38 @@ from .prompt import Encoded
 @register
 class MaskedAnswerPipeline(Pipeline):
     family = "masked-lm"
+    options: Mapping[str, Any] = {"decode_steps": None}  # None: the manifest's, else 1
+
+    def decode_steps(self, asked: int | None, slots: int) -> int:
+        k = asked if asked is not None else int(self.manifest.options.get("decode_steps", 1))
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= slots + 1:
+            raise ValueError(f"decode_steps must be an int in 1..{slots + 1} (slots + 1), got {k!r}")
+        return k
 
     def embed_batch(
         self, batch: Sequence[Encoded], want_answers: bool, **options: Any
     ) -> tuple[np.ndarray, list[str] | None]:
-        out = self.run("encoder", self.pad(batch))
+        arrays = self.pad(batch)
+        slots = arrays["slot_positions"]  # (B, S)
+        b, s = slots.shape
+        steps = self.decode_steps(options.get("decode_steps"), s)
+        rows = np.arange(b)
+        filled = np.zeros((b, s), dtype=bool)
+        chosen = np.zeros((b, s), dtype=np.int64)  # token written into each filled slot
+        for _ in range(steps - 1):
+            out = self.run("encoder", arrays)
+            conf = np.where(filled, -np.inf, out["answer_logprobs"])  # (B, S): open slots only
+            pick = conf.argmax(axis=1)  # (B,) the most confident open slot of each text
+            token = out["answer_ids"][rows, pick]
+            chosen[rows, pick] = token
+            filled[rows, pick] = True
+            arrays["input_ids"] = arrays["input_ids"].copy()
+            arrays["input_ids"][rows, slots[rows, pick]] = token
+        out = self.run("encoder", arrays)
         states = out["slot_states"].astype(np.float32, copy=False)  # (B, S, H)
         emb = states.mean(axis=1)  # (B, H): the answer's representation
         answers = None
         if want_answers:
-            answers = [self.decode_answer(row) for row in out["answer_ids"]]  # (B, S) ids
+            ids = np.where(filled, chosen, out["answer_ids"])  # (B, S)
+            answers = [self.decode_answer(row) for row in ids]
         return emb, answers
