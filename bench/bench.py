@@ -103,7 +103,7 @@ def texts_of(bundle: Path, tokens: int, n: int) -> list[str]:
 def worker(system: str, work: Path, batch: int, tokens: int, runs: int) -> dict:
     import numpy as np
 
-    texts = texts_of(work / "fp32", tokens, batch)
+    texts = json.loads((work / f"texts-{tokens}-{batch}.json").read_text())
     t0 = time.perf_counter()
     if system.startswith("inbedder"):
         from inbedder import Embedder
@@ -262,6 +262,8 @@ def main() -> None:
     batches = (8,) if args.quick else (1, 8, 32)
     for tokens in (64, 128):
         for batch in batches:
+            work_texts = args.work / f"texts-{tokens}-{batch}.json"
+            work_texts.write_text(json.dumps(texts_of(args.work / "fp32", tokens, batch)))
             for system in systems:
                 py = args.optimum_python if system == "optimum-int8" else sys.executable
                 cmd = [py, __file__, "--work", str(args.work), "--worker", system, "--batch", str(batch),

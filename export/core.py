@@ -25,6 +25,7 @@ DEFAULT_OPSET = 17
 EXPORTERS: dict[str, str] = {
     "masked-lm": "inbedder.export.masked",
     "encoder": "inbedder.export.instructor",
+    "causal-lm": "inbedder.export.causal",
 }
 
 
@@ -58,6 +59,8 @@ def detect_recipe(source: str, revision: str | None = None) -> Recipe:
         return RECIPES[DEFAULT_RECIPE["encoder"]]
     if cfg.get("model_type") in MASKED_LM_ARCHS or any(a.endswith("ForMaskedLM") for a in archs):
         return RECIPES[DEFAULT_RECIPE["masked-lm"]]
+    if any(a.endswith("ForCausalLM") for a in archs):
+        return RECIPES[DEFAULT_RECIPE["causal-lm"]]
     raise ValueError(
         f"cannot tell which recipe fits {source} (model_type={cfg.get('model_type')!r}, "
         f"architectures={archs}); pass recipe= (CLI: --recipe) one of {sorted(RECIPES)}"

@@ -24,6 +24,8 @@ class Recipe:
     slot_states: str = "hidden"  # "hidden": last layer; "lm_head_transform": dense -> act -> norm
     postprocess: tuple[str, ...] = ()
     strip: bool = False  # strip the filled prompt (INSTRUCTOR)
+    pooling: str | None = None  # causal: "fst_gen" | "avg_gen"
+    max_new_tokens: int = 3  # causal: greedy answer length (stops earlier at EOS)
     description: str = ""
 
 
@@ -51,6 +53,24 @@ RECIPES: dict[str, Recipe] = {
             "at the masks, mean, standardise",
         ),
         Recipe(
+            name="causal-answer",
+            family="causal-lm",
+            segments=(INBEDDER_TEMPLATE,),
+            truncation_side="left",
+            pooling="fst_gen",
+            description="InBedder causal LMs: QA prompt, greedy answer; embedding = last layer's "
+            "state of the last prompt token",
+        ),
+        Recipe(
+            name="causal-answer-avg",
+            family="causal-lm",
+            segments=(INBEDDER_TEMPLATE,),
+            truncation_side="left",
+            pooling="avg_gen",
+            description="as causal-answer, embedding = mean of that state and the states of "
+            "generated tokens followed by a non-special token",
+        ),
+        Recipe(
             name="instructor",
             family="encoder",
             segments=("{instruction}{input}",),
@@ -67,12 +87,16 @@ RECIPES: dict[str, Recipe] = {
 KNOWN_MODELS: dict[str, str] = {
     "BrandonZYW/roberta-large-InBedder": "masked-answer",
     "KomeijiForce/inbedder-roberta-large": "masked-answer-pair",
+    "BrandonZYW/opt-350m-InBedder": "causal-answer",
+    "BrandonZYW/opt-1.3b-InBedder": "causal-answer",
+    "BrandonZYW/opt-2.7b-InBedder": "causal-answer",
+    "BrandonZYW/llama-2-7b-InBedder": "causal-answer",
     "hkunlp/instructor-base": "instructor",
     "hkunlp/instructor-large": "instructor",
     "hkunlp/instructor-xl": "instructor",
 }
 
-DEFAULT_RECIPE = {"masked-lm": "masked-answer", "encoder": "instructor"}
+DEFAULT_RECIPE = {"masked-lm": "masked-answer", "encoder": "instructor", "causal-lm": "causal-answer"}
 
 
 @dataclass(frozen=True)

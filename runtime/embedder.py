@@ -16,6 +16,7 @@ from typing import Any, Literal, overload
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import causal as _causal  # noqa: F401 - registers the causal-LM pipeline
 from . import encoder as _encoder  # noqa: F401 - registers the INSTRUCTOR-style pipeline
 from . import masked as _masked  # noqa: F401 - registers the masked-LM pipeline
 from .bundle import Manifest, load_manifest

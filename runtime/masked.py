@@ -15,7 +15,7 @@ argmax token; the final pass gives the embedding (at the same slot positions) an
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from .prompt import Encoded
 @register
 class MaskedAnswerPipeline(Pipeline):
     family = "masked-lm"
-    options: Mapping[str, Any] = {"decode_steps": None}  # None: the manifest's, else 1
+    options: ClassVar[Mapping[str, Any]] = {"decode_steps": None}  # None: the manifest's, else 1
 
     def decode_steps(self, asked: int | None, slots: int) -> int:
         k = asked if asked is not None else int(self.manifest.options.get("decode_steps", 1))
