@@ -131,8 +131,10 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         raise SystemExit("-i/--instruction is required (or an 'instruction' field per JSONL record)")
     show = None if not args.quiet else False
     options = {}
-    if getattr(args, "decode_steps", None) is not None:
+    if args.decode_steps is not None:
         options["decode_steps"] = args.decode_steps
+    if args.max_new_tokens is not None:
+        options["max_new_tokens"] = args.max_new_tokens
     result = emb.encode(
         texts,
         instruction,
@@ -217,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--threads", type=int, default=None)
     m.add_argument(
         "--decode-steps", type=int, default=None, help="masked LMs: passes of iterative unmasking (default 1)"
+    )
+    m.add_argument(
+        "--max-new-tokens", type=int, default=None, help="causal LMs: answer length (default: the bundle's)"
     )
     m.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     m.set_defaults(func=_cmd_embed)

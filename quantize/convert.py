@@ -116,9 +116,11 @@ def overflowing_nodes(
     direct measurement of which layers would overflow, rather than a guess from the architecture.
     """
     import onnxruntime as ort
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     model = onnx.load(model_path)
-    inferred = onnx.shape_inference.infer_shapes(model)
+    # onnxruntime's shape inference knows its contrib ops (fused graphs); onnx's does not.
+    inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
     floats = {
         vi.name for vi in inferred.graph.value_info if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     }
@@ -138,14 +140,16 @@ def overflowing_nodes(
 
 def convert_fp16(src: Path, dst: Path, keep_fp32_nodes: Iterable[str]) -> dict[str, int]:
     """fp16 weights and compute, inputs/outputs as declared, overflowing nodes and norms in fp32."""
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
-    model = onnx.load(src)
-    out = convert_float_to_float16(
-        model,
+    model = OnnxModel(onnx.load(src))
+    # OnnxModel's converter inserts the Casts around blocked nodes (the bare function leaves a
+    # blocked MatMul with an fp16 input).
+    model.convert_float_to_float16(
         keep_io_types=True,
         op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_FP32_OPS],
         node_block_list=list(keep_fp32_nodes),
     )
-    onnx.save(out, dst)
-    return _op_counts(out)
+    onnx.save(model.model, dst)
+    return _op_counts(model.model)

@@ -222,7 +222,7 @@ def _to_fp16(
         # Overflow is measured on the fp32 graph where its inputs can be built from the
         # calibration set; other graphs rely on the fp32 op list alone.
         feeds = _feeds(reference, role, pairs)
-        keep = overflowing_nodes(src / graph.file, feeds) if feeds is not None else []
+        keep = overflowing_nodes(fused_path, feeds) if feeds is not None else []
         ops = convert_fp16(fused_path, work / graph.file, keep)
         fused_path.unlink()
         record["graphs"][role] = {"fused": fused, "fusions": stats, "ops": ops, "kept_fp32_nodes": keep}

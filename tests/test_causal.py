@@ -120,3 +120,19 @@ def test_manifest_and_options(causal):
         emb.encode(["x"], "q", max_new_tokens=0)
     with pytest.raises(TypeError, match="unknown option"):
         emb.encode(["x"], "q", decode_steps=2)
+
+
+def test_cli_embed_with_max_new_tokens(causal, tmp_path: Path):
+    import json
+
+    from inbedder.cli import main
+
+    _, _, root = causal
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    out, ans = tmp_path / "e.npy", tmp_path / "a.jsonl"
+    argv = ["embed", "-m", str(root / "avg"), "-i", INSTRUCTION, str(src), "-o", str(out), "-q"]
+    assert main([*argv, "--max-new-tokens", "6", "--answers", str(ans)]) == 0
+    want, answers = Embedder(root / "avg").encode(TEXTS, INSTRUCTION, max_new_tokens=6, return_answers=True)
+    np.testing.assert_allclose(np.load(out), want, atol=1e-6)
+    assert [json.loads(line)["answer"] for line in ans.read_text().splitlines()] == answers

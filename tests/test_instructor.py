@@ -145,3 +145,37 @@ def test_int8_through_the_gate(instructor_bundle: Path, tmp_path: Path):
     print(f"INSTRUCTOR (tiny) int8 vs fp32: min cosine {v['min_cosine']:.5f}")  # pytest -s
     got = Embedder(tmp_path / "int8").encode(TEXTS, INSTRUCTIONS)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_fp16_normal_and_overflowing(instructor_bundle: Path, instructor_dir: Path, tmp_path: Path):
+    """fp16 of a well-behaved T5 is finite and passes the gate. A T5 whose FFN output leaves fp16's
+    range gets that node measured and kept in fp32; where the overflow still reaches the residual
+    stream, the gate refuses the bundle instead of writing one that yields NaN."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from inbedder.export import export_bundle
+    from inbedder.quantize import QuantizationRefused, quantize_bundle
+    from inbedder.quantize.convert import fuse, overflowing_nodes
+    from inbedder.quantize.core import _feeds
+    from inbedder.runtime.samples import calibration_pairs
+
+    m = quantize_bundle(instructor_bundle, tmp_path / "fp16", precision="fp16")
+    v = Embedder(tmp_path / "fp16").encode(TEXTS, INSTRUCTIONS)
+    assert np.isfinite(v).all() and m.validation["min_cosine"] >= 0.99
+
+    hot = tmp_path / "hot"
+    shutil.copytree(instructor_dir, hot)
+    weights = load_file(str(hot / "model.safetensors"))
+    key = next(k for k in weights if "block.0.layer.1.DenseReluDense.wo.weight" in k)
+    weights[key] = weights[key] * 3e5  # layer 0's FFN output now reaches ~1e5 > 65504
+    save_file(weights, str(hot / "model.safetensors"), metadata={"format": "pt"})
+    export_bundle(str(hot), tmp_path / "hot32")
+    ref = Embedder(tmp_path / "hot32")
+    fuse(tmp_path / "hot32" / "model.onnx", tmp_path / "fused.onnx", ref.manifest.source, use_gpu=True)
+    kept = overflowing_nodes(tmp_path / "fused.onnx", _feeds(ref, "encoder", calibration_pairs()[:4]))
+    assert any("DenseReluDense/wo/MatMul" in k for k in kept), kept
+    with pytest.raises(QuantizationRefused, match="fp16 bundle refused"):
+        quantize_bundle(tmp_path / "hot32", tmp_path / "hot16", precision="fp16")
+    assert not (tmp_path / "hot16").exists()
