@@ -15,7 +15,6 @@ left padding is exact.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from inbedder.runtime.bundle import GraphSpec, Manifest, PromptSpec, TruncationS
 
 from .reference import Reference, ReferenceOutput
 from .specs import Recipe
+from .trace import source_record, trace_to_onnx
 
 GRAPH_FILE = "model.onnx"
 
@@ -110,20 +110,7 @@ def export_graph(model: nn.Module, path: Path, opset: int) -> GraphSpec:
     }
     axes.update({n: {0: "batch", 2: "past"} for n in past_names})
     axes.update({n: {0: "batch", 2: "total"} for n in present_names})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            graph,
-            (ids, mask, pos, *past),
-            str(path),
-            input_names=[*names, *past_names],
-            output_names=outputs,
-            dynamic_axes=axes,
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    return GraphSpec(file=path.name, inputs=(*names, *past_names), outputs=tuple(outputs))
+    return trace_to_onnx(graph, (ids, mask, pos, *past), path, [*names, *past_names], outputs, axes, opset)
 
 
 @torch.no_grad()
@@ -228,17 +215,7 @@ def build(
             "padding_side": "left",
             "cache": {"layers": layers, "kv_heads": kv, "head_dim": hd},
         },
-        source={
-            "model": source,
-            "revision": revision or getattr(cfg, "_commit_hash", None),
-            "architecture": type(model).__name__,
-            "model_type": cfg.model_type,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "hidden_size": int(cfg.hidden_size),
-            "num_attention_heads": int(cfg.num_attention_heads),
-            "num_hidden_layers": layers,
-            "vocab_size": int(cfg.vocab_size),
-        },
+        source=source_record(source, revision, model),
     )
 
     def token_ids(texts: list[str], instructions: list[str]) -> list[list[int]]:

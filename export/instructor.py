@@ -14,7 +14,6 @@ manifest's post-processing step.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from inbedder.runtime.bundle import GraphSpec, Manifest, PromptSpec, TruncationS
 
 from .reference import Reference, ReferenceOutput
 from .specs import Recipe
+from .trace import source_record, trace_to_onnx
 
 GRAPH_FILE = "model.onnx"
 
@@ -106,20 +106,7 @@ def export_graph(graph: InstructorGraph, path: Path, opset: int) -> GraphSpec:
     names = ["input_ids", "attention_mask", "pool_start"]
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
     axes.update({"pool_start": {0: "batch"}, "embedding": {0: "batch"}})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            graph,
-            (ids, mask, start),
-            str(path),
-            input_names=names,
-            output_names=["embedding"],
-            dynamic_axes=axes,
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    return GraphSpec(file=path.name, inputs=tuple(names), outputs=("embedding",))
+    return trace_to_onnx(graph, (ids, mask, start), path, names, ["embedding"], axes, opset)
 
 
 @torch.no_grad()
@@ -163,7 +150,6 @@ def build(
     graph = InstructorGraph(encoder, dense).eval()
     spec = export_graph(graph, work / GRAPH_FILE, opset)
     tokenizer.backend_tokenizer.save(str(work / "tokenizer.json"))
-    cfg = encoder.config
     manifest = Manifest(
         family=recipe.family,
         recipe=recipe.name,
@@ -184,17 +170,13 @@ def build(
         },
         postprocess=recipe.postprocess,
         special_tokens={"pad": int(tokenizer.pad_token_id), "eos": int(tokenizer.eos_token_id)},
-        source={
-            "model": source,
-            "revision": revision or getattr(cfg, "_commit_hash", None),
-            "architecture": "T5EncoderModel + Dense",
-            "model_type": cfg.model_type,
-            "parameters": sum(p.numel() for p in encoder.parameters()) + dense.numel(),
-            "hidden_size": int(cfg.d_model),
-            "num_attention_heads": int(cfg.num_heads),
-            "num_hidden_layers": int(cfg.num_layers),
-            "vocab_size": int(cfg.vocab_size),
-        },
+        source=source_record(
+            source,
+            revision,
+            encoder,
+            architecture="T5EncoderModel + Dense",
+            parameters=sum(p.numel() for p in encoder.parameters()) + dense.numel(),
+        ),
     )
 
     def token_ids(texts: list[str], instructions: list[str]) -> list[list[int]]:

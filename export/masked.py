@@ -12,7 +12,6 @@ int64, answer_logprobs (B, S) float (log-probability of each greedy answer token
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from inbedder.runtime.bundle import GraphSpec, Manifest, PromptSpec, TruncationS
 
 from .reference import Reference, head_transform, masked_reference, resolve
 from .specs import MASKED_LM_ARCHS, MaskedLMArch, Recipe
+from .trace import source_record, trace_to_onnx
 
 GRAPH_FILE = "model.onnx"
 
@@ -128,20 +128,7 @@ def export_graph(
     outputs = ["slot_states", "answer_ids", "answer_logprobs"]
     for o in outputs:
         axes[o] = {0: "batch"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TracerWarnings from transformers' mask helpers
-        torch.onnx.export(
-            graph,
-            args,
-            str(path),
-            input_names=names,
-            output_names=outputs,
-            dynamic_axes=axes,
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,  # the TorchScript exporter: graphs onnxruntime's transformer fusions know
-        )
-    return GraphSpec(file=path.name, inputs=tuple(names), outputs=tuple(outputs))
+    return trace_to_onnx(graph, args, path, names, outputs, axes, opset)
 
 
 def build(
@@ -198,18 +185,7 @@ def build(
             "skip_special_tokens": True,
             "clean_up_tokenization_spaces": bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)),
         },
-        source={
-            "model": source,
-            "revision": revision or getattr(model.config, "_commit_hash", None),
-            "architecture": type(model).__name__,
-            "model_type": model.config.model_type,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            # Shapes later stages need (the quantizer's fusions, the C++ runtime's buffers).
-            "hidden_size": hidden,
-            "num_attention_heads": int(model.config.num_attention_heads),
-            "num_hidden_layers": int(model.config.num_hidden_layers),
-            "vocab_size": int(model.config.vocab_size),
-        },
+        source=source_record(source, revision, model),
     )
 
     return manifest, Reference(

@@ -1,0 +1,75 @@
+"""What every family's exporter shares: tracing a graph module to ONNX, and the source record.
+
+Scope: one call of the TorchScript exporter with the project's settings (a `GraphSpec` back), and
+the manifest's `source` entry built from a loaded transformers model.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inbedder.runtime.bundle import GraphSpec
+
+
+def trace_to_onnx(
+    module: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    axes: Mapping[str, Mapping[int, str]],
+    opset: int,
+) -> GraphSpec:
+    """Trace `module` (in eval mode) on `args` with dynamic `axes` and write it to `path`.
+
+    The TorchScript exporter (`dynamo=False`): its graphs are the ones onnxruntime's transformer
+    fusions recognise. Example inputs should include a padded row so that masks trace as data.
+    """
+    module.eval()  # torch.onnx.export restores the mode it found, recursively
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings from transformers' mask helpers
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=list(inputs),
+            output_names=list(outputs),
+            dynamic_axes={k: dict(v) for k, v in axes.items()},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return GraphSpec(file=path.name, inputs=tuple(inputs), outputs=tuple(outputs))
+
+
+def source_record(
+    source: str,
+    revision: str | None,
+    model: torch.nn.Module,
+    *,
+    architecture: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Where the bundle came from and the shapes later stages need (fusions, C++ buffers)."""
+    cfg = model.config
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "num_heads", None)
+    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", None)
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", None)
+    record = {
+        "model": source,
+        "revision": revision or getattr(cfg, "_commit_hash", None),
+        "architecture": architecture or type(model).__name__,
+        "model_type": cfg.model_type,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "hidden_size": int(hidden),
+        "num_attention_heads": int(heads),
+        "num_hidden_layers": int(layers),
+        "vocab_size": int(cfg.vocab_size),
+    }
+    record.update(extra)
+    return record
