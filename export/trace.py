@@ -6,6 +6,7 @@ the manifest's `source` entry built from a loaded transformers model.
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,6 +15,10 @@ from typing import Any
 import torch
 
 from inbedder.runtime.bundle import GraphSpec
+
+# Graphs at least this large keep their weights in one external `<graph>.data` file: protobuf
+# cannot hold 2 GiB (instructor-xl's encoder is ~4.9 GB in fp32, a 7B decoder ~27 GB).
+EXTERNAL_DATA_MIN_BYTES = 1 << 31
 
 
 def trace_to_onnx(
@@ -31,12 +36,14 @@ def trace_to_onnx(
     fusions recognise. Example inputs should include a padded row so that masks trace as data.
     """
     module.eval()  # torch.onnx.export restores the mode it found, recursively
+    scratch = path.parent / (path.name + ".trace")
+    scratch.mkdir()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings from transformers' mask helpers
         torch.onnx.export(
             module,
             args,
-            str(path),
+            str(scratch / path.name),
             input_names=list(inputs),
             output_names=list(outputs),
             dynamic_axes={k: dict(v) for k, v in axes.items()},
@@ -44,7 +51,29 @@ def trace_to_onnx(
             do_constant_folding=True,
             dynamo=False,
         )
+    _gather(scratch / path.name, path)
+    shutil.rmtree(scratch)
     return GraphSpec(file=path.name, inputs=tuple(inputs), outputs=tuple(outputs))
+
+
+def _gather(exported: Path, path: Path) -> None:
+    """Move the graph to `path`; past the protobuf limit the exporter writes one file per tensor,
+    which become one `<graph>.data` beside it (found by onnxruntime, checksummed by the manifest
+    like every bundle file)."""
+    import onnx
+
+    tensors = [p for p in exported.parent.iterdir() if p != exported]
+    if not tensors and exported.stat().st_size < EXTERNAL_DATA_MIN_BYTES:
+        shutil.move(str(exported), path)
+        return
+    onnx.save_model(
+        onnx.load(str(exported), load_external_data=True),
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=path.name + ".data",
+        size_threshold=1024,
+    )
 
 
 def source_record(

@@ -61,6 +61,12 @@ def quantize_bundle(
         raise ValueError(f"{src}: quantize from an fp32 bundle (this one is {manifest.precision})")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    external = [n for n in manifest.files if n.endswith(".data")]
+    if external:
+        raise ValueError(
+            f"{src}: graphs with external weights ({', '.join(external)}; models past 2 GiB) "
+            "cannot be quantized by this version yet"
+        )
     pairs = list(calibration) if calibration is not None else calibration_pairs()
     label = "built-in" if calibration is None else "user"
     reference = Embedder(src)  # loaded now: `out` may replace `src`

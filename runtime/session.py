@@ -40,6 +40,9 @@ def make_session(
     """One inference session on the resolved device ("cpu" or "cuda")."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Weights go straight to the device allocator rather than through the arena: lower resident
+    # memory and faster session creation.
+    opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
     if threads is not None:
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")

@@ -198,3 +198,28 @@ def test_export_is_deterministic(tiny_roberta_dir: Path, masked_bundle: Path, tm
     b = Embedder(tmp_path / "again")
     assert b.manifest.truncation.max_length == 64
     np.testing.assert_allclose(b.encode(["I love cats!"], "What?"), a, atol=1e-6)
+
+
+def test_large_graphs_keep_their_weights_in_one_data_file(
+    tiny_roberta_dir: Path, masked_bundle: Path, tmp_path: Path, monkeypatch
+):
+    """Past 2 GiB the weights go to one checksummed `model.onnx.data` (forced here with a 0 limit)."""
+    from inbedder.export import export_bundle, trace
+    from inbedder.quantize import quantize_bundle
+
+    monkeypatch.setattr(trace, "EXTERNAL_DATA_MIN_BYTES", 0)
+    out = tmp_path / "ext"
+    export_bundle(str(tiny_roberta_dir), out, recipe="masked-answer")
+    m = load_manifest(out)
+    assert set(m.files) == {"model.onnx", "model.onnx.data", "tokenizer.json"}
+    assert (out / "model.onnx").stat().st_size < 100_000 < (out / "model.onnx.data").stat().st_size
+    want = Embedder(masked_bundle).encode(["I love cats!"], "What?")
+    np.testing.assert_allclose(Embedder(out).encode(["I love cats!"], "What?"), want, atol=1e-6)
+    with pytest.raises(ValueError, match="external weights"):
+        quantize_bundle(out, tmp_path / "q")
+    data = out / "model.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[100] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match=r"model\.onnx\.data: sha256 differs"):
+        Embedder(out)
