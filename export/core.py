@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from inbedder.runtime.bundle import Manifest, write_bundle
+from inbedder.runtime.bundle import Manifest, move_files, write_bundle
 
 from .specs import DEFAULT_RECIPE, KNOWN_MODELS, MASKED_LM_ARCHS, RECIPES, Recipe
 from .validate import EMBEDDING_ATOL, validate
@@ -119,11 +119,11 @@ def export_bundle(
             if manifest.family != "masked-lm":
                 raise ValueError(f"decode_steps applies to masked-LM bundles, not {manifest.family!r}")
         # A scratch manifest lets the runtime run the scratch directory for validation.
-        staged = write_bundle(work / "staged", manifest, lambda d: _move_all(work, d))
+        staged = write_bundle(work / "staged", manifest, lambda d: move_files(work, d))
         figures = validate(work / "staged", reference, atol=atol)
         options = {**staged.options, **({"decode_steps": decode_steps} if decode_steps else {})}
         final = dataclasses.replace(staged, validation=figures.as_json(), options=options, files={})
-        written = write_bundle(out, final, lambda d: _move_all(work / "staged", d), overwrite=overwrite)
+        written = write_bundle(out, final, lambda d: move_files(work / "staged", d), overwrite=overwrite)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if precision != "fp32":
@@ -131,9 +131,3 @@ def export_bundle(
 
         written = quantize_bundle(out, out, precision=precision, overwrite=True)
     return written
-
-
-def _move_all(src: Path, dst: Path) -> None:
-    for p in src.iterdir():
-        if p.is_file() and p.name != "inbedder.json":
-            shutil.move(str(p), dst / p.name)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +35,6 @@ INT8_OP_TYPES = ("MatMul", "Attention", "Gather")
 # sum of 50k exponentials). Fused norms and attention accumulate in fp32 inside their kernels.
 FP16_FP32_OPS = ("LogSoftmax",)
 FP16_MAX = 65504.0
-
-
-@dataclass
-class ConversionReport:
-    fusions: dict[str, int] = field(default_factory=dict)
-    ops_after: dict[str, int] = field(default_factory=dict)
-    kept_fp32: list[str] = field(default_factory=list)
-
-    def as_json(self) -> dict[str, Any]:
-        return {"fusions": self.fusions, "ops": self.ops_after, "kept_fp32": self.kept_fp32}
 
 
 def _op_counts(model: onnx.ModelProto) -> dict[str, int]:

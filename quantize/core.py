@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from inbedder.runtime import Embedder
-from inbedder.runtime.bundle import Manifest, load_manifest, write_bundle
+from inbedder.runtime.bundle import Manifest, load_manifest, move_files, write_bundle
 from inbedder.runtime.samples import calibration_pairs
 from inbedder.runtime.session import cuda_available
 
@@ -106,7 +106,7 @@ def quantize_bundle(
                 + (f"; earlier attempts: {attempts}" if attempts else "")
             )
         final = dataclasses.replace(staged, validation=figures.as_json(), files={})
-        written = write_bundle(out, final, lambda d: _move_all(work / "staged", d), overwrite=overwrite)
+        written = write_bundle(out, final, lambda d: move_files(work / "staged", d), overwrite=overwrite)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return written
@@ -240,9 +240,3 @@ def _copy_graphs(graphs_dir: Path, dst: Path, src: Path, manifest: Manifest) -> 
     graph_files = {g.file for g in manifest.graphs.values()}
     for name in manifest.files:
         shutil.copy2((graphs_dir if name in graph_files else src) / name, dst / name)
-
-
-def _move_all(src: Path, dst: Path) -> None:
-    for p in src.iterdir():
-        if p.is_file() and p.name != "inbedder.json":
-            shutil.move(str(p), dst / p.name)

@@ -242,3 +242,11 @@ def write_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def move_files(src: Path, dst: Path) -> None:
+    """Move every file of `src` except a manifest into `dst` (a `write_bundle` populate step for
+    a staged directory that becomes the bundle)."""
+    for p in src.iterdir():
+        if p.is_file() and p.name != MANIFEST_NAME:
+            shutil.move(str(p), dst / p.name)
