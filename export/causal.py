@@ -26,7 +26,7 @@ from inbedder.runtime.bundle import GraphSpec, Manifest, PromptSpec, TruncationS
 
 from .reference import Reference, ReferenceOutput
 from .specs import Recipe
-from .trace import source_record, trace_to_onnx
+from .trace import decode_record, source_record, token_ids_record, trace_to_onnx
 
 GRAPH_FILE = "model.onnx"
 
@@ -196,20 +196,10 @@ def build(
         embedding_dim=hidden,
         pooling={"type": pooling},
         postprocess=recipe.postprocess,
-        special_tokens={
-            k: int(v)
-            for k, v in {
-                "pad": tokenizer.pad_token_id,
-                "eos": tokenizer.eos_token_id,
-                "bos": tokenizer.bos_token_id,
-            }.items()
-            if v is not None
-        },
-        decode={
-            "skip_special_tokens": True,
-            "clean_up_tokenization_spaces": bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)),
-            "special_ids": sorted(int(i) for i in tokenizer.all_special_ids),
-        },
+        special_tokens=token_ids_record(
+            pad=tokenizer.pad_token_id, eos=tokenizer.eos_token_id, bos=tokenizer.bos_token_id
+        ),
+        decode=decode_record(tokenizer),
         options={
             "max_new_tokens": max_new,
             "padding_side": "left",

@@ -25,7 +25,7 @@ from inbedder.runtime.bundle import GraphSpec, Manifest, PromptSpec, TruncationS
 
 from .reference import Reference, ReferenceOutput
 from .specs import Recipe
-from .trace import source_record, trace_to_onnx
+from .trace import source_record, token_ids_record, trace_to_onnx
 
 GRAPH_FILE = "model.onnx"
 
@@ -169,7 +169,7 @@ def build(
             "dense": [int(dense.shape[1]), int(dense.shape[0])],
         },
         postprocess=recipe.postprocess,
-        special_tokens={"pad": int(tokenizer.pad_token_id), "eos": int(tokenizer.eos_token_id)},
+        special_tokens=token_ids_record(pad=tokenizer.pad_token_id, eos=tokenizer.eos_token_id),
         source=source_record(
             source,
             revision,

@@ -22,7 +22,7 @@ from inbedder.runtime.bundle import GraphSpec, Manifest, PromptSpec, TruncationS
 
 from .reference import Reference, head_transform, masked_reference, resolve
 from .specs import MASKED_LM_ARCHS, MaskedLMArch, Recipe
-from .trace import source_record, trace_to_onnx
+from .trace import decode_record, source_record, token_ids_record, trace_to_onnx
 
 GRAPH_FILE = "model.onnx"
 
@@ -167,24 +167,13 @@ def build(
         embedding_dim=hidden,
         pooling={"type": "mean", "over": "answer_slots", "states": recipe.slot_states},
         postprocess=recipe.postprocess,
-        special_tokens={
-            k: int(v)
-            for k, v in {
-                "pad": tokenizer.pad_token_id,
-                "mask": tokenizer.mask_token_id,
-                "bos": tokenizer.bos_token_id
-                if tokenizer.bos_token_id is not None
-                else tokenizer.cls_token_id,
-                "eos": tokenizer.eos_token_id
-                if tokenizer.eos_token_id is not None
-                else tokenizer.sep_token_id,
-            }.items()
-            if v is not None
-        },
-        decode={
-            "skip_special_tokens": True,
-            "clean_up_tokenization_spaces": bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)),
-        },
+        special_tokens=token_ids_record(
+            pad=tokenizer.pad_token_id,
+            mask=tokenizer.mask_token_id,
+            bos=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id,
+            eos=tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id,
+        ),
+        decode=decode_record(tokenizer),
         source=source_record(source, revision, model),
     )
 

@@ -102,3 +102,17 @@ def source_record(
     }
     record.update(extra)
     return record
+
+
+def token_ids_record(**ids: int | None) -> dict[str, int]:
+    """The manifest's `special_tokens`: the named ids the tokenizer has (None ones left out)."""
+    return {name: int(v) for name, v in ids.items() if v is not None}
+
+
+def decode_record(tokenizer: Any) -> dict[str, Any]:
+    """How the runtime decodes answers so that they equal the tokenizer's `batch_decode`."""
+    return {
+        "skip_special_tokens": True,
+        "clean_up_tokenization_spaces": bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)),
+        "special_ids": sorted(int(i) for i in tokenizer.all_special_ids),
+    }
