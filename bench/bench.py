@@ -167,8 +167,21 @@ def worker(system: str, work: Path, batch: int, tokens: int, runs: int) -> dict:
         step()
         times.append(time.perf_counter() - t)
     med = sorted(times)[len(times) // 2]
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MB (Linux: KiB)
+    rss = peak_rss_mb()
     return {"texts_per_s": batch / med, "median_s": med, "runs": runs, "load_s": load, "peak_rss_mb": rss}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM belongs to the address space, which exec
+    replaces; `ru_maxrss` survives exec, so a worker started by a large parent would report the
+    parent's size (seen: 15 GB for a 0.7 GB worker right after the build step)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
 
 
 def gemm_ceiling(m: int = 512, k: int = 1024, n: int = 4096, runs: int = 20) -> dict[str, float]:
@@ -302,7 +315,7 @@ def main() -> None:
                     f"peak RSS {res['peak_rss_mb']:6.0f} MB  load {res['load_s']:.2f} s",
                     flush=True,
                 )
-    int8_file = (args.work / "int8" / "model.onnx").stat().st_size / 1e6
+    int8_file = graph_mb(args.work / "int8")
     report = {
         "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
         "versions": versions(args.optimum_python),
@@ -317,6 +330,14 @@ def main() -> None:
     for n in notes:
         print("note:", n[:300])
     print(f"results: {args.work / 'results.json'}")
+
+
+def graph_mb(bundle: Path) -> float:
+    """Size of a bundle's graph files (structure and weights), in MB."""
+    from inbedder.runtime.bundle import load_manifest
+
+    m = load_manifest(bundle, verify=False)
+    return sum(int(m.files[f]["bytes"]) for g in m.graphs.values() for f in (g.file, g.data) if f) / 1e6
 
 
 def _cpu() -> str:

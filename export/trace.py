@@ -12,13 +12,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 
+from inbedder.onnxfile import save_graph
 from inbedder.runtime.bundle import GraphSpec
-
-# Graphs at least this large keep their weights in one external `<graph>.data` file: protobuf
-# cannot hold 2 GiB (instructor-xl's encoder is ~4.9 GB in fp32, a 7B decoder ~27 GB).
-EXTERNAL_DATA_MIN_BYTES = 1 << 31
 
 
 def trace_to_onnx(
@@ -51,29 +49,11 @@ def trace_to_onnx(
             do_constant_folding=True,
             dynamo=False,
         )
-    _gather(scratch / path.name, path)
+    # Past protobuf's 2 GiB the exporter writes one file per tensor; loading gathers them either
+    # way, and the bundle layout (weights in one aligned `<graph>.data`) is written from there.
+    data = save_graph(onnx.load(str(scratch / path.name), load_external_data=True), path)
     shutil.rmtree(scratch)
-    return GraphSpec(file=path.name, inputs=tuple(inputs), outputs=tuple(outputs))
-
-
-def _gather(exported: Path, path: Path) -> None:
-    """Move the graph to `path`; past the protobuf limit the exporter writes one file per tensor,
-    which become one `<graph>.data` beside it (found by onnxruntime, checksummed by the manifest
-    like every bundle file)."""
-    import onnx
-
-    tensors = [p for p in exported.parent.iterdir() if p != exported]
-    if not tensors and exported.stat().st_size < EXTERNAL_DATA_MIN_BYTES:
-        shutil.move(str(exported), path)
-        return
-    onnx.save_model(
-        onnx.load(str(exported), load_external_data=True),
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=path.name + ".data",
-        size_threshold=1024,
-    )
+    return GraphSpec(file=path.name, inputs=tuple(inputs), outputs=tuple(outputs), data=data)
 
 
 def source_record(

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from inbedder.onnxfile import data_name
 from inbedder.runtime import Embedder
 from inbedder.runtime.bundle import Manifest, load_manifest, move_files, write_bundle
 from inbedder.runtime.samples import calibration_pairs
@@ -28,6 +29,8 @@ PRECISIONS = ("int8", "fp16")
 MAX_FP32_FRACTION = 1 / 3  # int8 fallback keeps at most this share of weight MatMuls in fp32
 RANKING_TEXTS = 12  # calibration texts used to rank MatMuls by int8 error
 RANKING_CANDIDATES = 16  # MatMuls (largest local error) whose end-to-end effect is measured
+# onnxruntime's quantizer and fusions hold and serialize the whole graph as one protobuf.
+MAX_QUANTIZE_BYTES = (1 << 31) - (1 << 24)
 
 
 def quantize_bundle(
@@ -61,12 +64,13 @@ def quantize_bundle(
         raise ValueError(f"{src}: quantize from an fp32 bundle (this one is {manifest.precision})")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    external = [n for n in manifest.files if n.endswith(".data")]
-    if external:
-        raise ValueError(
-            f"{src}: graphs with external weights ({', '.join(external)}; models past 2 GiB) "
-            "cannot be quantized by this version yet"
-        )
+    for g in manifest.graphs.values():
+        size = sum(int(manifest.files[f]["bytes"]) for f in (g.file, g.data) if f)
+        if size > MAX_QUANTIZE_BYTES:
+            raise ValueError(
+                f"{src}: graph {g.file} holds {size / 2**30:.1f} GiB; graphs past 2 GiB (protobuf's "
+                "limit) cannot be quantized by this version yet"
+            )
     pairs = list(calibration) if calibration is not None else calibration_pairs()
     label = "built-in" if calibration is None else "user"
     reference = Embedder(src)  # loaded now: `out` may replace `src`
@@ -78,8 +82,13 @@ def quantize_bundle(
     def stage_and_gate(record: dict[str, Any], graphs_dir: Path) -> tuple[Manifest, GateFigures]:
         """Stage a bundle from the converted graphs and measure it against the source."""
         record["source_validation"] = dict(manifest.validation)
+        graphs = {
+            role: dataclasses.replace(g, data=_data_file(graphs_dir, g.file))
+            for role, g in manifest.graphs.items()
+        }
         staged_manifest = dataclasses.replace(
             manifest,
+            graphs=graphs,
             precision=precision,
             options={**manifest.options, "quantization": record},
             validation={},
@@ -87,7 +96,10 @@ def quantize_bundle(
         )
         stage = work / "staged"
         staged = write_bundle(
-            stage, staged_manifest, lambda d: _copy_graphs(graphs_dir, d, src, manifest), overwrite=True
+            stage,
+            staged_manifest,
+            lambda d: _copy_graphs(graphs_dir, d, src, manifest, staged_manifest),
+            overwrite=True,
         )
         candidate = Embedder(stage, device=device, verify=False)
         return staged, compare(reference, candidate, pairs, bound=min_cosine, calibration=label)
@@ -223,20 +235,32 @@ def _to_fp16(
         "graphs": {},
     }
     for role, graph in manifest.graphs.items():
-        fused_path = work / f"{role}.fused.onnx"
+        fused_path = work / "fp16-fused" / graph.file
+        fused_path.parent.mkdir(exist_ok=True)
         fused, stats = fuse(src / graph.file, fused_path, manifest.source, use_gpu=True)
         # Overflow is measured on the fp32 graph where its inputs can be built from the
         # calibration set; other graphs rely on the fp32 op list alone.
         feeds = _feeds(reference, role, pairs)
         keep = overflowing_nodes(fused_path, feeds) if feeds is not None else []
         ops = convert_fp16(fused_path, work / graph.file, keep)
-        fused_path.unlink()
+        shutil.rmtree(fused_path.parent)
         record["graphs"][role] = {"fused": fused, "fusions": stats, "ops": ops, "kept_fp32_nodes": keep}
     return record
 
 
-def _copy_graphs(graphs_dir: Path, dst: Path, src: Path, manifest: Manifest) -> None:
-    """The converted graphs from `graphs_dir`, every other bundle file from `src`."""
-    graph_files = {g.file for g in manifest.graphs.values()}
-    for name in manifest.files:
-        shutil.copy2((graphs_dir if name in graph_files else src) / name, dst / name)
+def _data_file(graphs_dir: Path, graph_file: str) -> str | None:
+    """The converted graph's weights file, if its conversion wrote one."""
+    name = data_name(graph_file)
+    return name if (graphs_dir / name).exists() else None
+
+
+def _copy_graphs(graphs_dir: Path, dst: Path, src: Path, source: Manifest, staged: Manifest) -> None:
+    """The converted graphs (and their data files) from `graphs_dir`, every other file of the source
+    bundle from `src`."""
+    graph_files = {f for g in staged.graphs.values() for f in (g.file, g.data) if f}
+    for name in graph_files:
+        shutil.copy2(graphs_dir / name, dst / name)
+    source_graph_files = {f for g in source.graphs.values() for f in (g.file, g.data) if f}
+    for name in source.files:
+        if name not in source_graph_files:
+            shutil.copy2(src / name, dst / name)

@@ -9,6 +9,7 @@ in fp32 only when the whole-bundle gate fails, and records which.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -92,7 +93,8 @@ def rank_end_to_end(
     want = [base.run(names, dict(f)) for f in feeds]
     scores = []
     for node in candidates:
-        path = work / "probe.onnx"
+        path = work / "probe" / "probe.onnx"
+        path.parent.mkdir(exist_ok=True)
         quantize_int8(model_path, path, reduce_range=reduce_range, per_channel=per_channel, only=[node])
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         worst = 1.0
@@ -102,5 +104,5 @@ def rank_end_to_end(
                 cos = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
                 worst = min(worst, cos)
         scores.append((node, 1.0 - worst))
-        path.unlink()
+        shutil.rmtree(path.parent)
     return sorted(scores, key=lambda kv: -kv[1])

@@ -30,9 +30,11 @@ def test_int8_structure(int8_bundle: Path, masked_bundle: Path):
     g = _graph(int8_bundle)
     ops = [n.op_type for n in g.graph.node]
     inits = {i.name: i for i in g.graph.initializer}
-    # Fusions applied before quantization: attention, skip layer norm, GELU with bias.
+    # Fusions applied before quantization: attention and GELU; residual + layer norm and the FFN
+    # bias stay unfused on CPU (CPU_SKIPPED_FUSIONS): embeddings + 2 per layer + the LM head's.
     assert ops.count("QAttention") == 2 and "Attention" not in ops
-    assert ops.count("SkipLayerNormalization") == 4 and "BiasGelu" in ops
+    assert ops.count("LayerNormalization") == 6 and "Gelu" in ops
+    assert "SkipLayerNormalization" not in ops and "BiasGelu" not in ops
     # Every weight MatMul became int8 (output, FFN in/out per layer, the LM head's dense and its
     # vocabulary projection at the slots): 2 x 3 + 2 = 8.
     assert ops.count("MatMulInteger") == 8
@@ -44,8 +46,12 @@ def test_int8_structure(int8_bundle: Path, masked_bundle: Path):
             assert w.data_type == onnx.TensorProto.INT8
     # The token-embedding table is stored as 8-bit and dequantized after the lookup.
     assert any(n.op_type == "DequantizeLinear" for n in g.graph.node)
-    src_bytes = (masked_bundle / "model.onnx").stat().st_size
-    assert (int8_bundle / "model.onnx").stat().st_size < 0.6 * src_bytes
+
+    def graph_bytes(bundle: Path) -> int:
+        m = load_manifest(bundle)
+        return sum(int(r["bytes"]) for name, r in m.files.items() if name != m.tokenizer_file)
+
+    assert graph_bytes(int8_bundle) < 0.6 * graph_bytes(masked_bundle)
 
 
 def test_int8_manifest_figures_written_and_reloaded(int8_bundle: Path, masked_bundle: Path):
@@ -189,3 +195,33 @@ def test_int8_fidelity_on_real_weights(tmp_path_factory: pytest.TempPathFactory)
     ops = q["graphs"]["encoder"]["ops"]
     assert len(kept) <= (ops["MatMulInteger"] + len(kept)) / 2  # most weight MatMuls stay int8
     print(f"MiniLM int8 vs fp32: {v}; attempts {attempts}; kept fp32 {kept}")  # pytest -s
+
+
+def test_cpu_sessions_keep_layer_norm_and_gelu_unfused(int8_bundle: Path, tmp_path: Path):
+    """onnxruntime would fuse the CPU graph's Add + LayerNormalization and Add + Gelu back into
+    its slower SkipLayerNormalization / BiasGelu at session time; the runtime's disabled
+    optimizers stop that."""
+    import onnxruntime as ort
+
+    from inbedder.runtime.session import CPU_DISABLED_OPTIMIZERS
+
+    def session_ops(disabled: list[str]) -> list[str]:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        ort.InferenceSession(
+            str(int8_bundle / "model.onnx"), opts, providers=["CPUExecutionProvider"],
+            disabled_optimizers=disabled,
+        )  # fmt: skip
+        nodes = onnx.load(tmp_path / "optimized.onnx", load_external_data=False).graph.node
+        made_by = {o: n.op_type for n in nodes for o in n.output}
+        # each Gelu's producer, to see that the FFN bias went into the MatMul before it
+        gelu_inputs = [f"Gelu<-{made_by[n.input[0]]}" for n in nodes if n.op_type == "Gelu"]
+        return [n.op_type for n in nodes] + gelu_inputs
+
+    assert "SkipLayerNormalization" in session_ops([])
+    ours = session_ops(list(CPU_DISABLED_OPTIMIZERS))
+    assert "SkipLayerNormalization" not in ours and "BiasGelu" not in ours
+    assert ours.count("LayerNormalization") == 6 and "Gelu" in ours
+    # The int8 MatMuls still fuse, each FFN bias folded into its DynamicQuantizeMatMul.
+    assert ours.count("DynamicQuantizeMatMul") == 8 and ours.count("Gelu<-DynamicQuantizeMatMul") == 3
