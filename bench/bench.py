@@ -337,7 +337,7 @@ def graph_mb(bundle: Path) -> float:
     from inbedder.runtime.bundle import load_manifest
 
     m = load_manifest(bundle, verify=False)
-    return sum(int(m.files[f]["bytes"]) for g in m.graphs.values() for f in (g.file, g.data) if f) / 1e6
+    return sum(int(m.files[f]["bytes"]) for g in m.graphs.values() for f in g.files) / 1e6
 
 
 def _cpu() -> str:

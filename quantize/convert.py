@@ -76,10 +76,8 @@ def fuse(
         use_gpu=use_gpu,
     )
     stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
-    opt.topological_sort()
-    if not any(o.domain == "com.microsoft" for o in opt.model.opset_import):  # the fused contrib ops
-        opt.model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
-    save_graph(opt.model, dst)
+    opt.save_model_to_file(str(dst))  # sorts the graph and declares the contrib-op domain
+    save_graph(onnx.load(dst), dst)  # the bundle layout: weights in an aligned data file
     return True, stats
 
 

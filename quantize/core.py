@@ -65,7 +65,7 @@ def quantize_bundle(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     for g in manifest.graphs.values():
-        size = sum(int(manifest.files[f]["bytes"]) for f in (g.file, g.data) if f)
+        size = sum(int(manifest.files[f]["bytes"]) for f in g.files)
         if size > MAX_QUANTIZE_BYTES:
             raise ValueError(
                 f"{src}: graph {g.file} holds {size / 2**30:.1f} GiB; graphs past 2 GiB (protobuf's "
@@ -257,10 +257,9 @@ def _data_file(graphs_dir: Path, graph_file: str) -> str | None:
 def _copy_graphs(graphs_dir: Path, dst: Path, src: Path, source: Manifest, staged: Manifest) -> None:
     """The converted graphs (and their data files) from `graphs_dir`, every other file of the source
     bundle from `src`."""
-    graph_files = {f for g in staged.graphs.values() for f in (g.file, g.data) if f}
-    for name in graph_files:
+    for name in {f for g in staged.graphs.values() for f in g.files}:
         shutil.copy2(graphs_dir / name, dst / name)
-    source_graph_files = {f for g in source.graphs.values() for f in (g.file, g.data) if f}
+    source_graph_files = {f for g in source.graphs.values() for f in g.files}
     for name in source.files:
         if name not in source_graph_files:
             shutil.copy2(src / name, dst / name)

@@ -85,6 +85,11 @@ class GraphSpec:
     outputs: tuple[str, ...]
     data: str | None = None
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The bundle files this graph is made of: the graph, then its weights file if any."""
+        return (self.file, self.data) if self.data else (self.file,)
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -199,9 +204,7 @@ def load_manifest(bundle_dir: str | os.PathLike[str], *, verify: bool = True) ->
     if not isinstance(raw, dict):
         raise BundleError(f"{mpath}: manifest is not a JSON object")
     manifest = Manifest.from_json(raw, origin=str(mpath))
-    needed = [manifest.tokenizer_file]
-    for g in manifest.graphs.values():
-        needed += [g.file] + ([g.data] if g.data else [])
+    needed = [manifest.tokenizer_file, *(f for g in manifest.graphs.values() for f in g.files)]
     for name in needed:
         if name not in manifest.files:
             raise BundleError(f"{mpath}: file {name!r} is used but has no checksum entry")
