@@ -28,11 +28,14 @@ def build_native(sanitize: bool = False) -> Path:
         "-DCMAKE_BUILD_TYPE=" + ("Debug" if sanitize else "Release"),
         "-DINBEDDER_SANITIZE=" + ("ON" if sanitize else "OFF"),
     ]  # fmt: skip
-    subprocess.run(config, check=True, capture_output=True, text=True)
-    subprocess.run(
-        ["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    _run(config)
+    _run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2)])
     return build
+
+
+def _run(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:  # show the compiler's or CMake's own words, not just the exit code
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        )
