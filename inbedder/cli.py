@@ -66,11 +66,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
         _print_gate(args.out_dir, m)
         return 0
     v = m.validation
+    answers = (
+        "" if v.get("answers_equal") is None else f", answers equal {v['answers_equal']}/{v.get('prompts')}"
+    )
     print(
         f"wrote {args.out_dir}: recipe {m.recipe}, dim {m.embedding_dim}, max_length "
         f"{m.truncation.max_length}; validation max|diff| {v.get('max_abs_diff', float('nan')):.3g} "
-        f"(tolerance {v.get('tolerance', float('nan')):.3g}), answers equal "
-        f"{v.get('answers_equal')}/{v.get('prompts')}"
+        f"(tolerance {v.get('tolerance', float('nan')):.3g}){answers}"
     )
     return 0
 
