@@ -46,7 +46,7 @@ _ACTIVATIONS = {"torch.nn.modules.linear.Identity": nn.Identity, "torch.nn.modul
 _FUSIONS = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert"}
 
 
-def _local_dir(source: str, revision: str | None) -> Path:
+def local_dir(source: str, revision: str | None) -> Path:
     path = Path(source)
     if path.is_dir():
         return path
@@ -169,7 +169,7 @@ class SentenceEncoderFamily(ExportFamily):
     def load(self) -> None:
         from transformers import AutoModel
 
-        root = _local_dir(self.source, self.revision)
+        root = local_dir(self.source, self.revision)
         modules = json.loads((root / "modules.json").read_text())
         kinds = [(str(m.get("type", "")).rsplit(".", 1)[-1], root / m.get("path", "")) for m in modules]
         known = {"Transformer", "Pooling", "Dense", "Normalize"}
