@@ -67,9 +67,10 @@ class InstructorFamily(ExportFamily):
         dense = [m for m in modules if str(m.get("type", "")).endswith("Dense")]
         if len(dense) != 1:
             raise InputError(f"{root}/modules.json: expected one Dense module, found {len(dense)}")
-        self.dense = dense_layer(root / dense[0]["path"])
-        if not isinstance(self.dense, nn.Linear):
+        layer = dense_layer(root / dense[0]["path"])
+        if not isinstance(layer, nn.Linear):
             raise InputError(f"{root / dense[0]['path']}: INSTRUCTOR's Dense has no activation; this one has")
+        self.dense: nn.Linear = layer
         st = root / "sentence_bert_config.json"
         self.max_seq = json.loads(st.read_text()).get("max_seq_length") if st.exists() else None
 

@@ -120,7 +120,7 @@ def pool(hidden: torch.Tensor, keep: torch.Tensor, modes: Sequence[str]) -> torc
 class SentenceEncoderGraph(nn.Module):
     def __init__(self, encoder: nn.Module, modes: Sequence[str], dense: Sequence[nn.Module], use_types: bool):
         super().__init__()
-        self.encoder = encoder
+        self.encoder: Any = encoder
         self.modes = tuple(modes)
         self.dense = nn.ModuleList(dense)
         self.use_types = use_types
@@ -230,7 +230,8 @@ class SentenceEncoderFamily(ExportFamily):
         r, tok, cfg = self.recipe, self.tokenizer, self.model.config
         dim = int(cfg.hidden_size) * len(self.modes)
         for layer in self.dense:
-            dim = int((layer if isinstance(layer, nn.Linear) else layer[0]).out_features)
+            linear: Any = layer if isinstance(layer, nn.Linear) else layer[0]
+            dim = int(linear.out_features)
         pooling: dict[str, Any] = {
             "type": "+".join(self.modes),
             "in_graph": True,

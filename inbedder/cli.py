@@ -148,7 +148,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         truncation=args.truncation,
         **options,
     )
-    vecs, answers = result if args.answers is not None else (result, None)
+    vecs, answers = result if isinstance(result, tuple) else (result, None)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, vecs)
