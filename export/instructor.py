@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from inbedder.errors import InputError
-from inbedder.runtime.bundle import GraphSpec, Manifest, PromptSpec, TruncationSpec
+from inbedder.runtime.bundle import GraphSpec, Manifest
 
 from .family import Checkpoint, ExportFamily, GraphExport, register
 from .reference import ReferenceOutput, unpadded_ids
@@ -90,15 +90,10 @@ class InstructorFamily(ExportFamily):
         return [GraphExport("encoder", graph, (ids, mask, start), names, ("embedding",), axes, fusion="t5")]
 
     def manifest(self, graphs: Mapping[str, GraphSpec], max_length: int) -> Manifest:
-        r, dense = self.recipe, self.dense.weight
-        return Manifest(
-            family=self.name,
-            recipe=r.name,
-            prompt=PromptSpec(segments=r.segments, strip=r.strip),
-            truncation=TruncationSpec(
-                max_length=max_length, side=r.truncation_side, strategy=r.truncation_strategy
-            ),
-            graphs=graphs,
+        dense = self.dense.weight
+        return self.recipe_manifest(
+            graphs,
+            max_length,
             embedding_dim=int(dense.shape[0]),
             pooling={
                 "type": "mean",
@@ -107,7 +102,6 @@ class InstructorFamily(ExportFamily):
                 "pool_start": {"count": "instruction", "strip": True, "offset": -1},
                 "dense": [int(dense.shape[1]), int(dense.shape[0])],
             },
-            postprocess=r.postprocess,
             special_tokens=token_ids_record(pad=self.tokenizer.pad_token_id, eos=self.tokenizer.eos_token_id),
             source=source_record(
                 self.source,
