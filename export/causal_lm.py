@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from inbedder.catalog import known_for
 from inbedder.runtime.bundle import GraphSpec, Manifest
 
 from .family import Checkpoint, ExportFamily, GraphExport, register
@@ -97,10 +98,7 @@ class CausalLMFamily(ExportFamily):
         ),
     )
     default_recipe = "causal-answer"
-    known_models: ClassVar[Mapping[str, str]] = {
-        f"BrandonZYW/{m}-InBedder": "causal-answer"
-        for m in ("opt-350m", "opt-1.3b", "opt-2.7b", "llama-2-7b")
-    }
+    known_models: ClassVar[Mapping[str, str]] = known_for("causal-lm")
 
     @classmethod
     def claims(cls, checkpoint: Checkpoint) -> bool:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from inbedder.catalog import known_for
 from inbedder.errors import InputError
 from inbedder.runtime.bundle import GraphSpec, Manifest
 
@@ -48,9 +49,7 @@ class InstructorFamily(ExportFamily):
         ),
     )
     default_recipe = "instructor"
-    known_models: ClassVar[Mapping[str, str]] = {
-        f"hkunlp/instructor-{size}": "instructor" for size in ("base", "large", "xl")
-    }
+    known_models: ClassVar[Mapping[str, str]] = known_for("instructor")
     priority = 10  # a T5 sentence-transformers layout is INSTRUCTOR's before any generic encoder's
 
     @classmethod

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from inbedder.catalog import known_for
 from inbedder.errors import InputError
 from inbedder.runtime.bundle import GraphSpec, Manifest
 
@@ -131,10 +132,7 @@ class MaskedLMFamily(ExportFamily):
         ),
     )
     default_recipe = "masked-answer"
-    known_models: ClassVar[Mapping[str, str]] = {
-        "BrandonZYW/roberta-large-InBedder": "masked-answer",
-        "KomeijiForce/inbedder-roberta-large": "masked-answer-pair",
-    }
+    known_models: ClassVar[Mapping[str, str]] = known_for("masked-lm")
 
     @classmethod
     def claims(cls, checkpoint: Checkpoint) -> bool:

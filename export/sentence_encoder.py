@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -158,7 +158,6 @@ class SentenceEncoderFamily(ExportFamily):
         ),
     )
     default_recipe = "sentence-embedding"
-    known_models: ClassVar[Mapping[str, str]] = {}
     priority = 5  # after INSTRUCTOR's T5 layout, before a plain masked-LM guess
 
     @classmethod
