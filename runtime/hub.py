@@ -188,7 +188,7 @@ def model_card(manifest: Manifest, repo_id: str) -> str:
     front.append("---")
 
     def row(k: str, v: object) -> str:
-        return f"| {k} | {'' if v is None else f'`{v}`'} |"
+        return f"| {k} | {'unknown' if v is None else f'`{v}`'} |"
 
     body = [
         f"# {repo_id}",
@@ -225,7 +225,7 @@ def model_card(manifest: Manifest, repo_id: str) -> str:
     if v:
         against = v.pop("against", None)
         if against:
-            body += [f"Measured at export against: {against}.", ""]
+            body += [f"Measured against: {against}.", ""]
         body += ["| figure | value |", "| --- | --- |"]
         body += [f"| {k} | {_fmt(x)} |" for k, x in v.items() if not isinstance(x, (dict, list))]
     else:

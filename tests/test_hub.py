@@ -255,6 +255,21 @@ def test_push_uploads_the_bundle_and_a_model_card(hub: FakeHub, pushed: tuple[st
         assert f"| {name} | {rec['bytes']} | `{rec['sha256']}` |" in body
 
 
+def test_model_card_of_a_known_checkpoint(masked_bundle: Path):
+    import dataclasses
+
+    from inbedder.runtime.hub import model_card
+
+    m = load_manifest(masked_bundle)
+    known = dataclasses.replace(m, source={**m.source, "model": "BrandonZYW/roberta-large-InBedder"})
+    card = model_card(known, "org/rl")
+    assert 'license: "mit"' in card and 'base_model: "BrandonZYW/roberta-large-InBedder"' in card
+    assert "`mit (base model roberta-large)` (not checked" in card
+    instructor = dataclasses.replace(m, source={**m.source, "model": "hkunlp/instructor-base"})
+    card = model_card(instructor, "org/ib")
+    assert 'license: "apache-2.0"' in card and "not checked" not in card
+
+
 def test_embedder_by_name_fetches_listed_files_into_the_cache(
     hub: FakeHub, pushed: tuple[str, str], masked_bundle: Path, cache: Path
 ):
