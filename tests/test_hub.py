@@ -14,7 +14,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -365,8 +368,42 @@ def test_cli_push_embed_info_by_name(
     assert len(err) == 1 and "no repository org/missing-repo" in err[0]
 
 
+def test_console_script_by_name_with_hf_endpoint(
+    hub: FakeHub, pushed: tuple[str, str], masked_bundle: Path, tmp_path: Path
+):
+    """The user's path: a fresh interpreter configured by HF_ENDPOINT / HF_HUB_CACHE only."""
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.endpoint,
+        "HF_HUB_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_TOKEN": TOKEN,
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    src, npy = tmp_path / "in.txt", tmp_path / "emb.npy"
+    src.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    cmd = [
+        sys.executable,
+        "-m",
+        "inbedder.cli",
+        "embed",
+        "-m",
+        pushed[0],
+        "-i",
+        "Who?",
+        str(src),
+        "-o",
+        str(npy),
+    ]
+    r = subprocess.run([*cmd, "-q"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(np.load(npy), Embedder(masked_bundle).encode(TEXTS, "Who?"))
+    assert any((tmp_path / "cache").glob("models--org--tiny/snapshots/*/model.onnx"))
+
+
 def test_without_huggingface_hub_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", None)  # import fails
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails
     with pytest.raises(InbedderError, match=r"pip install 'inbedder\[hub\]'"):
         resolve_bundle("org/anything")
     with pytest.raises(BundleError, match="no such bundle directory"):
