@@ -1,4 +1,4 @@
-"""The `inbedder` command line: export, quantize, embed, info, models.
+"""The `inbedder` command line: export, quantize, embed, info, models, push.
 
 Scope: argument parsing and file formats only; every command calls the same functions a Python user
 calls. `embed` reads one text per line, or JSONL with a "text" field (and optional
@@ -163,9 +163,17 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from inbedder.runtime.bundle import load_manifest
+    from inbedder.runtime.hub import resolve_bundle
 
-    m = load_manifest(args.bundle, verify=not args.no_verify)
+    m = load_manifest(resolve_bundle(args.bundle), verify=not args.no_verify)
     print(json.dumps(m.to_json(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from inbedder.runtime.hub import push_bundle
+
+    print(push_bundle(args.bundle, args.repo_id, private=args.private, revision=args.revision))
     return 0
 
 
@@ -222,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_cmd_quantize)
 
     m = sub.add_parser("embed", help="embed texts from a file or stdin with a bundle")
-    m.add_argument("-m", "--model", required=True, help="bundle directory")
+    m.add_argument("-m", "--model", required=True, help="bundle directory, or a hub name org/name")
     m.add_argument("-i", "--instruction", default=None)
     m.add_argument("input", nargs="?", default="-", help="text file (one per line, or JSONL) or -")
     m.add_argument("-o", "--output", required=True, help="output .npy")
@@ -247,9 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=_cmd_models)
 
     i = sub.add_parser("info", help="print a bundle's manifest after checking it")
-    i.add_argument("bundle")
+    i.add_argument("bundle", help="bundle directory, or a hub name org/name")
     i.add_argument("--no-verify", action="store_true", help="skip the sha256 check")
     i.set_defaults(func=_cmd_info)
+
+    u = sub.add_parser("push", help="publish a bundle on the Hugging Face Hub with a model card")
+    u.add_argument("bundle", help="bundle directory")
+    u.add_argument("repo_id", metavar="ORG/NAME")
+    u.add_argument("--private", action="store_true", help="create the repository private")
+    u.add_argument("--revision", default=None, help="branch to commit to (default: main)")
+    u.set_defaults(func=_cmd_push)
     return p
 
 

@@ -11,7 +11,6 @@ import itertools
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal, get_args, overload
 
 import numpy as np
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 from inbedder.errors import BundleError, InputError, InputTypeError
 
 from .bundle import Manifest, load_manifest
+from .hub import resolve_bundle
 from .pipeline import Pipeline, pipeline_for
 from .prompt import TRUNCATION_MODES, TruncationMode
 from .session import Device, resolve_device
@@ -88,7 +88,7 @@ class Embedder:
         *,
         verify: bool = True,
     ):
-        self.bundle_dir = Path(bundle_dir)
+        self.bundle_dir = resolve_bundle(bundle_dir)  # a directory, or a hub name fetched into the cache
         self.manifest: Manifest = load_manifest(self.bundle_dir, verify=verify)
         self.device = resolve_device(device)
         self.pipeline: Pipeline = pipeline_for(self.manifest)(
