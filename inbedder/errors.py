@@ -9,6 +9,8 @@ built-in kinds keeps working.
 
 from __future__ import annotations
 
+import re
+
 
 class InbedderError(Exception):
     """Base class of every error inbedder raises on purpose."""
@@ -37,3 +39,13 @@ class ExportValidationError(InbedderError):
 
 class QuantizationRefused(InbedderError):
     """The converted bundle drifts from its fp32 source past the bound; nothing was written."""
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def surrogate_at(text: str) -> int | None:
+    """Index of the first lone surrogate in `text` (not valid Unicode: tokenizers cannot take it),
+    or None."""
+    m = _SURROGATE.search(text)
+    return m.start() if m else None

@@ -16,12 +16,23 @@ from typing import Any, Literal, overload
 import numpy as np
 from tqdm.auto import tqdm
 
-from inbedder.errors import BundleError, InputError, InputTypeError
+from inbedder.errors import BundleError, InputError, InputTypeError, surrogate_at
 
 from .bundle import Manifest, load_manifest
 from .pipeline import Pipeline, pipeline_for
 from .prompt import TRUNCATION_MODES, TruncationMode
 from .session import Device, resolve_device
+
+
+def _check_unicode(name: str, s: str) -> None:
+    """A lone surrogate (from a JSON escape or `surrogateescape` decoding) is not valid Unicode and
+    the tokenizer cannot take it: such a text is rejected, never silently replaced."""
+    where = surrogate_at(s)
+    if where is not None:
+        raise InputError(
+            f"{name} contains a lone surrogate U+{ord(s[where]):04X} at character {where}: not valid "
+            "Unicode; such texts are rejected (fix or drop it)"
+        )
 
 
 def _check_texts(texts: object) -> list[str]:
@@ -30,11 +41,13 @@ def _check_texts(texts: object) -> list[str]:
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise InputTypeError(f"texts[{i}] must be str, got {type(t).__name__}")
+        _check_unicode(f"texts[{i}]", t)
     return list(texts)
 
 
 def _check_instructions(instruction: object, n: int) -> list[str]:
     if isinstance(instruction, str):
+        _check_unicode("instruction", instruction)
         return [instruction] * n
     if isinstance(instruction, bytes) or not isinstance(instruction, Sequence):
         raise InputTypeError(
@@ -45,6 +58,7 @@ def _check_instructions(instruction: object, n: int) -> list[str]:
     for i, s in enumerate(instruction):
         if not isinstance(s, str):
             raise InputTypeError(f"instruction[{i}] must be str, got {type(s).__name__}")
+        _check_unicode(f"instruction[{i}]", s)
     return list(instruction)
 
 
