@@ -123,7 +123,7 @@ class _Outputs:
             self.abort()
             raise
 
-    def write(self, i: int, fill: Callable[[BinaryIO], None]) -> None:
+    def write(self, i: int, fill: Callable[[BinaryIO], object]) -> None:
         try:
             with open(self.temps[i], "wb") as f:
                 fill(f)
