@@ -152,7 +152,7 @@ class PromptTokenizer:
             try:
                 return self._finish(self._encode(self._first_only, segs), truncated=True)
             except Exception:
-                return self._finish(self._encode(self._ref, segs), truncated=True)
+                return self._finish(self._encode(self._ref, segs), truncated=True, fallback=instruction)
         return self._cut_input(text, instruction, enc, span, where)
 
     def _cut_input(
@@ -181,15 +181,25 @@ class PromptTokenizer:
         if len(trial.ids) <= self.max_length:
             return self._finish(trial, truncated=True)
         # Template + instruction + slots alone exceed the limit: the reference rule.
-        return self._finish(self._encode(self._ref, segs), truncated=True)
+        return self._finish(self._encode(self._ref, segs), truncated=True, fallback=instruction)
 
-    def _finish(self, enc: Encoding, truncated: bool) -> Encoded:
+    def _finish(self, enc: Encoding, truncated: bool, fallback: str | None = None) -> Encoded:
+        """`fallback`: the instruction, when mode "input" fell back to the reference rule because
+        the prompt without the text does not fit (the error then says so)."""
         ids = list(enc.ids)
         slots: list[int] = []
         if self.prompt.answer_slots:
             found = [i for i, t in enumerate(ids) if t == self.slot_id]
             slots = found[-self.prompt.answer_slots :]
             if len(slots) < self.prompt.answer_slots:
+                if fallback is not None:
+                    fixed = len(self._encode(self._plain, self.segments("", fallback)[0]).ids)
+                    raise InputError(
+                        f"the instruction is too long: the prompt without the text (template, "
+                        f"instruction, {self.prompt.answer_slots} answer slots) takes {fixed} tokens, "
+                        f"more than the bundle's max_length {self.max_length}, and truncation would "
+                        "remove answer slots; use a shorter instruction"
+                    )
                 raise InputError(
                     f"truncation removed answer slots ({len(slots)} of {self.prompt.answer_slots} "
                     "left); use truncation='input' or a shorter instruction"
