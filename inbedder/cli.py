@@ -263,9 +263,10 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from inbedder.runtime.bundle import load_manifest
+    from inbedder.runtime import Embedder
 
-    m = load_manifest(args.bundle, verify=not args.no_verify)
+    # The checks `Embedder` runs (manifest fields, files, the family's, tokenizer and graphs).
+    m = Embedder(args.bundle, verify=not args.no_verify).manifest
     print(json.dumps(m.to_json(), indent=2, ensure_ascii=False))
     return 0
 
@@ -344,8 +345,8 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI. A user's problem (every `InbedderError`, an existing output) is one line on
     stderr and exit code 2; an operating-system error (disk full, read-only file system, no
-    permission) is one line naming the file and exit code 1; anything else is a bug and shows its
-    traceback. SIGTERM is handled like Ctrl-C: temporary files and directories are removed."""
+    permission) is one line naming the file and exit code 1; Ctrl-C and SIGTERM remove temporary
+    files and directories and exit 130; anything else is a bug and shows its traceback."""
     args = build_parser().parse_args(argv)
     previous = None
     with contextlib.suppress(ValueError):  # ValueError: not the main thread
@@ -359,6 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         print(f"inbedder {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"inbedder {args.command}: interrupted; nothing was changed", file=sys.stderr)
+        return 130
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from inbedder.errors import BundleError, InputError, InputTypeError, surrogate_at
 
-from .bundle import Manifest, load_manifest
+from .bundle import Bundle, Manifest, load_bundle
 from .pipeline import Pipeline, pipeline_for
 from .prompt import TRUNCATION_MODES, TruncationMode
 from .session import Device, resolve_device
@@ -93,11 +93,14 @@ class Embedder:
         verify: bool = True,
     ):
         self.bundle_dir = Path(bundle_dir)
-        self.manifest: Manifest = load_manifest(self.bundle_dir, verify=verify)
         self.device = resolve_device(device)
-        self.pipeline: Pipeline = pipeline_for(self.manifest)(
-            self.bundle_dir, self.manifest, self.device, threads
-        )
+
+        def build(bundle: Bundle) -> tuple[Manifest, Pipeline]:
+            # Run while this version of the bundle is locked: every file comes from it.
+            return bundle.manifest, pipeline_for(bundle.manifest)(bundle, self.device, threads)
+
+        loaded: tuple[Manifest, Pipeline] = load_bundle(self.bundle_dir, build, verify=verify)
+        self.manifest, self.pipeline = loaded
 
     @property
     def dim(self) -> int:

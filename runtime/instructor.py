@@ -14,3 +14,4 @@ from .pipeline import EmbeddingGraphPipeline
 
 class InstructorPipeline(EmbeddingGraphPipeline):
     family = "instructor"
+    recipes = ("instructor",)

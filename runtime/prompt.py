@@ -107,6 +107,11 @@ class PromptTokenizer:
         tok.enable_truncation(self.max_length, strategy="only_first", direction="right")
         return tok
 
+    def fixed_tokens(self) -> int:
+        """Tokens of the prompt with an empty text and an empty instruction (template, answer
+        slots, special tokens): what every prompt holds."""
+        return len(self._encode(self._plain, self.segments("", "")[0]).ids)
+
     def token_count(self, text: str) -> int:
         """Tokens of `text` alone, special tokens included, never truncated."""
         return len(self._plain.encode(text).ids)

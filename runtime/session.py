@@ -13,7 +13,7 @@ from typing import Literal, get_args
 
 import onnxruntime as ort
 
-from inbedder.errors import DeviceError, InputError
+from inbedder.errors import BundleError, DeviceError, InputError
 
 Device = Literal["cpu", "cuda", "auto"]
 DEVICES: tuple[Device, ...] = get_args(Device)
@@ -59,9 +59,15 @@ def make_session(
         opts.inter_op_num_threads = 1
     providers = [_CUDA, _CPU] if device == "cuda" else [_CPU]
     disabled = list(cpu_disabled_optimizers) if device == "cpu" else []
-    session = ort.InferenceSession(
-        str(Path(path)), sess_options=opts, providers=providers, disabled_optimizers=disabled
-    )
+    try:
+        session = ort.InferenceSession(
+            str(Path(path)), sess_options=opts, providers=providers, disabled_optimizers=disabled
+        )
+    except Exception as e:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph kinds
+        lines = str(e).strip().splitlines()
+        raise BundleError(
+            f"{path}: onnxruntime cannot load this graph ({(lines[0] if lines else type(e).__name__)[:300]})"
+        ) from None
     if device == "cuda" and session.get_providers()[0] != _CUDA:
         # onnxruntime falls back to CPU when the CUDA libraries fail to load; we do not.
         raise DeviceError(

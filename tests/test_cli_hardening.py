@@ -132,8 +132,7 @@ def test_interrupted_write_keeps_the_previous_outputs(masked_bundle: Path, tmp_p
         raise KeyboardInterrupt  # SIGTERM is handled like Ctrl-C
 
     monkeypatch.setattr(cli.json, "dumps", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        main(_embed_args(masked_bundle, src, out, ans))
+    assert main(_embed_args(masked_bundle, src, out, ans)) == 130
     monkeypatch.setattr(cli.json, "dumps", real_dumps)
     assert (out.read_bytes(), ans.read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "e.npy", "in.txt"]
