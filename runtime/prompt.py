@@ -68,6 +68,25 @@ def fill(template: str, text: str, instruction: str) -> tuple[str, tuple[int, in
     return "".join(out), span
 
 
+_CHARS_PER_TOKEN = 8  # first guess of a head's length; doubled while it gives too few tokens
+_MARGIN_TOKENS = 32  # tokens past the limit at each end of a stand-in (merges near a cut)
+_CUT_SPACES = " \t\n"  # whitespace that starts a pre-token in every tokenizer
+
+
+def _run_start(text: str, at: int, window: int) -> int:
+    """The start of the run of whitespace nearest before `at` (within `window` characters), so
+    that a cut there falls on a pre-token boundary; `at` itself when there is none."""
+    lo = max(at - window, 1)
+    i = at
+    while i >= lo and text[i] not in _CUT_SPACES:
+        i -= 1
+    if i < lo:
+        return at
+    while i > lo and text[i - 1] in _CUT_SPACES:
+        i -= 1
+    return i
+
+
 def _clone(tok: Tokenizer) -> Tokenizer:
     return Tokenizer.from_str(tok.to_str())
 
@@ -92,6 +111,7 @@ class PromptTokenizer:
                 raise BundleError(f"slot token {prompt.slot_token!r} is not in the tokenizer's vocabulary")
             self.slot_id = sid
         self.slot_suffix = (prompt.slot_token or "") * prompt.answer_slots
+        self.bounded = True  # long texts replaced by a stand-in (`stand_in`); False: the full text
 
     @cached_property
     def _ref(self) -> Tokenizer:
@@ -114,7 +134,33 @@ class PromptTokenizer:
 
     def token_count(self, text: str) -> int:
         """Tokens of `text` alone, special tokens included, never truncated."""
-        return len(self._plain.encode(text).ids)
+        return len(self._encode(self._plain, [text]).ids)
+
+    # -- long texts: cost bounded by max_length --------------------------------------------
+    def stand_in(self, text: str) -> str:
+        """A short text that every truncation mode treats exactly as `text`: its head and its
+        tail, each tokenizing to more than `max_length` (+ a margin) tokens, joined.
+
+        Why the result is the same: every mode keeps at most `max_length` tokens, from the start of
+        the text (mode "input", pairs) or from the end of the prompt (left truncation), and counts
+        the tokens around the text's two ends (template merges). The head and the tail are cut at
+        the start of a run of ASCII whitespace, where every tokenizer here (byte-level BPE,
+        WordPiece, Metaspace/Unigram) starts a new pre-token, so their tokens are the full text's;
+        the tokens at the junction lie in the middle, where every mode drops them. Texts without
+        such whitespace near the cut (e.g. CJK) are cut at a character, and the margin absorbs the
+        few merges that differ there. Cost: O(max_length) characters tokenized, not O(len(text)).
+        """
+        if not self.bounded:
+            return text
+        need = self.max_length + _MARGIN_TOKENS
+        n = _CHARS_PER_TOKEN * need
+        while 2 * n < len(text):
+            head = text[: _run_start(text, n, n // 2)]
+            tail = text[_run_start(text, len(text) - n, n // 2) :]
+            if self.token_count(head) > need and self.token_count(tail) > need:
+                return head + tail
+            n *= 2
+        return text
 
     # -- building strings -------------------------------------------------------------------
     def segments(self, text: str, instruction: str) -> tuple[list[str], tuple[int, int], int]:
@@ -144,6 +190,7 @@ class PromptTokenizer:
     def encode(self, text: str, instruction: str, truncation: str = "input") -> Encoded:
         if truncation not in TRUNCATION_MODES:
             raise InputError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
+        text = self.stand_in(text)
         segs, span, where = self.segments(text, instruction)
         if truncation == "reference":
             enc = self._encode(self._ref, segs)
