@@ -239,7 +239,13 @@ class Pipeline:
         feed = self.feed(role, arrays)
         if self._recording is not None:
             self._recording.setdefault(role, []).append(feed)
-        outs = self.sessions[role].run(list(spec.outputs), feed)
+        try:
+            outs = self.sessions[role].run(list(spec.outputs), feed)
+        except Exception as e:  # onnxruntime's own kinds: a graph that loads but cannot run
+            raise BundleError(
+                f"graph {spec.file!r} ({role}) failed in onnxruntime ({_first_line(e)}); the bundle may "
+                "be damaged"
+            ) from None
         return dict(zip(spec.outputs, outs, strict=True))
 
     def pad(self, batch: Sequence[Encoded]) -> dict[str, np.ndarray]:
