@@ -223,3 +223,36 @@ def test_bad_pointer_is_refused(copy: Path, capsys):
     _refused(copy, "pointer", capsys)
     (copy / POINTER_NAME).write_text("v-missing\n")
     _refused(copy, "v-missing", capsys)
+
+
+# -- item 12: damaged files are one line through the CLI ------------------------------------------
+def _damage(bundle: Path, name: str, data: bytes) -> None:
+    import hashlib
+
+    (bundle / name).write_bytes(data)
+    _edit(
+        bundle,
+        lambda raw: raw["files"].update(
+            {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}}
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "cut", "match"),
+    [
+        ("model.onnx", 0.5, r"model\.onnx: onnxruntime cannot load this graph"),
+        ("model.onnx.data", 0.5, r"model\.onnx"),
+        ("tokenizer.json", 0.5, r"tokenizer\.json: not a tokenizer"),
+        ("tokenizer.json", 0.0, r"tokenizer\.json: not a tokenizer"),
+    ],
+)
+def test_damaged_files_with_matching_checksums_are_one_line(copy: Path, capsys, name, cut, match):
+    data = (copy / name).read_bytes()
+    _damage(copy, name, data[: int(len(data) * cut)])
+    _refused(copy, match, capsys)
+    src = copy.parent / "in.txt"
+    src.write_text("hello\n")
+    assert main(["embed", "-m", str(copy), "-i", "q", str(src), "-o", str(copy.parent / "o.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("inbedder embed: error:") and "Traceback" not in err
