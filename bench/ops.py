@@ -92,6 +92,7 @@ def profile(bundle: Path, tokens: int, batch: int) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench import INSTRUCTION, texts_of
     from inbedder.runtime import Embedder
+    from inbedder.runtime.bundle import bundle_root
     from inbedder.runtime.session import CPU_DISABLED_OPTIMIZERS
 
     pipe = Embedder(bundle, verify=False).pipeline
@@ -102,8 +103,9 @@ def profile(bundle: Path, tokens: int, batch: int) -> None:
     opts.enable_profiling = True
     opts.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
     graph = pipe.manifest.graphs["encoder"].file
+    pipe_root = bundle_root(bundle)  # the current version's directory (a replaced bundle: v-*/)
     sess = ort.InferenceSession(
-        str(bundle / graph),
+        str(pipe_root / graph),
         opts,
         providers=["CPUExecutionProvider"],
         disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS),
