@@ -225,18 +225,19 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     if per_text is not None and args.instruction is not None:
         per_text = [i or args.instruction for i in per_text]
     instruction = per_text if per_text is not None else (args.instruction or "")
-    emb = Embedder(args.model, device=args.device, threads=args.threads)
-    if args.instruction is None and per_text is None and emb.pipeline.answers:
-        raise SystemExit("-i/--instruction is required (or an 'instruction' field per JSONL record)")
-    show = None if not args.quiet else False
-    options = {}
-    if args.decode_steps is not None:
-        options["decode_steps"] = args.decode_steps
-    if args.max_new_tokens is not None:
-        options["max_new_tokens"] = args.max_new_tokens
     out = Path(args.output)
+    # Every output location is checked (its temporary file created) before the bundle is loaded.
     outputs = _Outputs([out] if args.answers is None else [out, Path(args.answers)])
     try:
+        emb = Embedder(args.model, device=args.device, threads=args.threads)
+        if args.instruction is None and per_text is None and emb.pipeline.answers:
+            raise SystemExit("-i/--instruction is required (or an 'instruction' field per JSONL record)")
+        show = None if not args.quiet else False
+        options = {}
+        if args.decode_steps is not None:
+            options["decode_steps"] = args.decode_steps
+        if args.max_new_tokens is not None:
+            options["max_new_tokens"] = args.max_new_tokens
         result = emb.encode(
             texts,
             instruction,
