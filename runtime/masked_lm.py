@@ -40,6 +40,8 @@ class MaskedAnswerPipeline(Pipeline):
         slots = manifest.prompt.answer_slots
         if not 1 <= slots <= MAX_ANSWER_SLOTS:
             raise BundleError(f"{origin}: prompt.answer_slots must be in 1..{MAX_ANSWER_SLOTS}, got {slots}")
+        if "pad" not in manifest.special_tokens:  # the graph skips pads when it numbers positions
+            raise BundleError(f"{origin}: special_tokens.pad is missing (batches are padded with it)")
         super().check_manifest(manifest, tokenizer, origin)
 
     def check_option(self, name: str, value: Any) -> Any:

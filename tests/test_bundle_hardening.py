@@ -123,6 +123,9 @@ BAD_FIELDS = [
     (_set("graphs/encoder/outputs", ["slot_states", "nothing"]), r"outputs"),
     (_set("format_version", True), r"format_version"),
     (_set("family", 3), r"family must be a string"),
+    (_set("special_tokens", {}), r"special_tokens\.pad is missing"),
+    (_set("pooling", []), r"pooling must be an object"),
+    (_set("files", {}), r"'tokenizer\.json' is used but has no checksum entry"),
 ]
 
 
