@@ -259,3 +259,12 @@ def test_damaged_files_with_matching_checksums_are_one_line(copy: Path, capsys, 
     assert main(["embed", "-m", str(copy), "-i", "q", str(src), "-o", str(copy.parent / "o.npy")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("inbedder embed: error:") and "Traceback" not in err
+
+
+def test_every_exported_recipe_is_one_its_runtime_family_runs():
+    """The runtime's per-family recipe lists (checked at load) match what the exporters write."""
+    from inbedder.export.family import families
+    from inbedder.runtime.pipeline import pipeline_class
+
+    for name, fam in families().items():
+        assert set(pipeline_class(name).recipes) == {r.name for r in fam.recipes}, name
