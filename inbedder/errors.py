@@ -2,7 +2,8 @@
 
 Scope: standard library only, importable from every stage. `InbedderError` is what inbedder raises
 for anything a user can fix (a damaged bundle, an unknown option, a refused quantization); the CLI
-prints those as one line and exits 2, and lets every other exception show its traceback.
+prints those as one line and exits 2 (an `OSError`: one line, exit 1; Ctrl-C/SIGTERM: exit 130),
+and lets every other exception show its traceback.
 `InputError` and `InputTypeError` are also `ValueError` / `TypeError`, so code that catches the
 built-in kinds keeps working.
 """
