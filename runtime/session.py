@@ -60,14 +60,21 @@ def make_session(
     providers = [_CUDA, _CPU] if device == "cuda" else [_CPU]
     disabled = list(cpu_disabled_optimizers) if device == "cpu" else []
     try:
+        # enable_fallback=0: no retry on other providers (and none of the "EP Error" banner that
+        # onnxruntime prints to stdout before one); versions without the option ignore it.
         session = ort.InferenceSession(
-            str(Path(path)), sess_options=opts, providers=providers, disabled_optimizers=disabled
+            str(Path(path)),
+            sess_options=opts,
+            providers=providers,
+            disabled_optimizers=disabled,
+            enable_fallback=0,
         )
     except Exception as e:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph kinds
         lines = str(e).strip().splitlines()
-        raise BundleError(
-            f"{path}: onnxruntime cannot load this graph ({(lines[0] if lines else type(e).__name__)[:300]})"
-        ) from None
+        cause = (lines[0] if lines else type(e).__name__)[:300]
+        if device == "cuda" and _loads_on_cpu(path):
+            raise DeviceError(f"{path}: onnxruntime could not create a CUDA session ({cause})") from None
+        raise BundleError(f"{path}: onnxruntime cannot load this graph ({cause})") from None
     if device == "cuda" and session.get_providers()[0] != _CUDA:
         # onnxruntime falls back to CPU when the CUDA libraries fail to load; we do not.
         raise DeviceError(
@@ -75,3 +82,12 @@ def make_session(
             f"{session.get_providers()}); check the CUDA/cuDNN libraries onnxruntime-gpu needs"
         )
     return session
+
+
+def _loads_on_cpu(path: str | os.PathLike[str]) -> bool:
+    """Whether the graph loads on the CPU (tells a CUDA failure from a damaged graph)."""
+    try:
+        ort.InferenceSession(str(Path(path)), providers=[_CPU], enable_fallback=0)
+    except Exception:
+        return False
+    return True
