@@ -227,7 +227,10 @@ class Pipeline:
         closing special token pooled, as INSTRUCTOR and sentence-transformers count)."""
         if rule.get("count") != "instruction":
             raise BundleError(f"unknown pooling.pool_start rule {dict(rule)!r} in the manifest")
-        n = self.prompts.token_count(instruction.strip() if rule.get("strip") else instruction)
+        counted = instruction.strip() if rule.get("strip") else instruction
+        # A stand-in of a very long instruction counts differently, but past every position of the
+        # (truncated) prompt either way: nothing of it is pooled, as with the full count.
+        n = self.prompts.token_count(self.prompts.stand_in(counted))
         return max(n + int(rule.get("offset", 0)), 0)
 
     def feed(self, role: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -190,7 +190,9 @@ class PromptTokenizer:
     def encode(self, text: str, instruction: str, truncation: str = "input") -> Encoded:
         if truncation not in TRUNCATION_MODES:
             raise InputError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
-        text = self.stand_in(text)
+        # A long instruction is never cut in mode "input" but is truncated by the reference rule:
+        # its stand-in gives the same prompt, as the text's does.
+        text, instruction = self.stand_in(text), self.stand_in(instruction)
         segs, span, where = self.segments(text, instruction)
         if truncation == "reference":
             enc = self._encode(self._ref, segs)
@@ -245,12 +247,11 @@ class PromptTokenizer:
             slots = found[-self.prompt.answer_slots :]
             if len(slots) < self.prompt.answer_slots:
                 if fallback is not None:
-                    fixed = len(self._encode(self._plain, self.segments("", fallback)[0]).ids)
                     raise InputError(
                         f"the instruction is too long: the prompt without the text (template, "
-                        f"instruction, {self.prompt.answer_slots} answer slots) takes {fixed} tokens, "
-                        f"more than the bundle's max_length {self.max_length}, and truncation would "
-                        "remove answer slots; use a shorter instruction"
+                        f"instruction, {self.prompt.answer_slots} answer slots) exceeds the bundle's "
+                        f"max_length {self.max_length} tokens, and truncation would remove answer "
+                        "slots; use a shorter instruction"
                     )
                 raise InputError(
                     f"truncation removed answer slots ({len(slots)} of {self.prompt.answer_slots} "

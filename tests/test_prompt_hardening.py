@@ -150,6 +150,28 @@ def test_long_texts_give_the_same_prompt_as_the_full_computation(masked_bundle: 
     assert cases > 250 and shortened > 0.6 * cases
 
 
+def test_long_instructions_give_the_same_prompt_as_the_full_computation(masked_bundle: Path):
+    cases = 0
+    for name, tok, spec, side in _tokenizers(masked_bundle):
+        bounded = _prompt_tokenizer(tok, spec, side, 48)
+        full = _prompt_tokenizer(tok, spec, side, 48)
+        full.bounded = False
+        for k, script in enumerate(("latin", "arabic", "random")):
+            instruction = _random_text(script, 2_500, seed=100 + k)
+            for text in ("short text", _random_text("latin", 2_500, seed=k)):
+                for mode in ("input", "reference"):
+                    try:
+                        want = full.encode(text, instruction, mode)
+                    except ValueError as e:
+                        with pytest.raises(ValueError, match=str(e)[:30]):
+                            bounded.encode(text, instruction, mode)
+                        cases += 1
+                        continue
+                    assert bounded.encode(text, instruction, mode) == want, (name, script, len(text), mode)
+                    cases += 1
+    assert cases == 4 * 3 * 2 * 2
+
+
 def test_tokenized_characters_do_not_grow_with_the_text(masked_bundle: Path):
     from inbedder.runtime.prompt import PromptTokenizer
 
