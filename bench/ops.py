@@ -93,7 +93,6 @@ def profile(bundle: Path, tokens: int, batch: int) -> None:
     from bench import INSTRUCTION, texts_of
     from inbedder.runtime import Embedder
     from inbedder.runtime.bundle import bundle_root
-    from inbedder.runtime.session import CPU_DISABLED_OPTIMIZERS
 
     pipe = Embedder(bundle, verify=False).pipeline
     texts = texts_of(bundle, tokens, batch)
@@ -108,7 +107,7 @@ def profile(bundle: Path, tokens: int, batch: int) -> None:
         str(pipe_root / graph),
         opts,
         providers=["CPUExecutionProvider"],
-        disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS),
+        disabled_optimizers=list(pipe.manifest.graphs["encoder"].cpu_disabled_optimizers),
     )
     feed = {i.name: arrays[i.name] for i in sess.get_inputs()}
     runs = 4
