@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -134,7 +136,39 @@ def _fetch(
             raise BundleError(f"{repo_id}/{MANIFEST_NAME}: file name {filename!r} is not a bundle file name")
         # Pinned to the manifest's commit: a push in between cannot mix two versions.
         download(filename, snapshot.name)
-    return snapshot
+    return _materialize(snapshot, [MANIFEST_NAME, *manifest.files], cache_dir)
+
+
+def _materialize(snapshot: Path, names: list[str], cache_dir: str | os.PathLike[str] | None) -> Path:
+    """The bundle as a plain directory of regular files: the Hub cache's snapshot holds symlinks
+    into its blob store, which a bundle may not (it reads only its own files). Hard links to the
+    cached blobs (a copy across file systems), once per commit, beside the Hub cache:
+    `<cache>/../inbedder/bundles/<repo folder>/<commit>/`; built under a temporary name, then
+    renamed into place."""
+    hub = _hub()
+    cache = Path(cache_dir) if cache_dir is not None else Path(hub.constants.HF_HUB_CACHE)
+    repo_folder, commit = snapshot.parent.parent.name, snapshot.name
+    final = cache.parent / "inbedder" / "bundles" / repo_folder / commit
+    if (final / MANIFEST_NAME).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{commit}.", dir=final.parent))
+    try:
+        for name in names:
+            blob = (snapshot / name).resolve()
+            try:
+                os.link(blob, tmp / name)
+            except OSError:
+                shutil.copyfile(blob, tmp / name)
+        tmp.chmod(0o755)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process materialized it first
+            if not (final / MANIFEST_NAME).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def _catalog_entry(source_model: object) -> Any:

@@ -15,3 +15,4 @@ from .pipeline import EmbeddingGraphPipeline
 
 class SentenceEncoderPipeline(EmbeddingGraphPipeline):
     family = "sentence-encoder"
+    recipes = ("sentence-embedding",)

@@ -279,9 +279,11 @@ def test_embedder_by_name_fetches_listed_files_into_the_cache(
     repo_id, _ = pushed
     hub.log.clear()
     emb = Embedder(repo_id)
-    assert (
-        emb.bundle_dir.is_relative_to(cache) and emb.bundle_dir.name == hub.repos[repo_id]["branches"]["main"]
-    )
+    # A plain directory of regular files (hard links to the Hub cache's blobs) beside that cache,
+    # one per commit: a bundle holds no symlinks.
+    assert emb.bundle_dir.is_relative_to(cache.parent / "inbedder" / "bundles")
+    assert emb.bundle_dir.name == hub.repos[repo_id]["branches"]["main"]
+    assert not any(p.is_symlink() for p in emb.bundle_dir.iterdir())
     local = Embedder(masked_bundle)
     np.testing.assert_array_equal(emb.encode(TEXTS, "What animal?"), local.encode(TEXTS, "What animal?"))
     fetched = {p.rsplit("/", 1)[-1] for _, p in hub.log}

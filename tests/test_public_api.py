@@ -62,9 +62,9 @@ def test_cli_prints_user_errors_in_one_line_and_lets_bugs_show(tmp_path: Path, m
     def bug(*args, **kwargs):
         raise KeyError("a bug")
 
-    import inbedder.runtime.bundle
+    import inbedder.runtime
 
-    monkeypatch.setattr(inbedder.runtime.bundle, "load_manifest", bug)
+    monkeypatch.setattr(inbedder.runtime, "Embedder", bug)
     with pytest.raises(KeyError, match="a bug"):  # not turned into a message: a traceback
         cli.main(["info", str(tmp_path)])
 
