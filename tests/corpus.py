@@ -21,7 +21,7 @@ MULTILINGUAL = [
     "Der schnelle braune Fuchs springt über den faulen Hund. Straße, Größe, Äpfel.",
     "El rápido zorro marrón salta sobre el perro perezoso. ¿Dónde está la biblioteca?",
     "Быстрая коричневая лиса прыгает через ленивую собаку.",
-    "Η γρήγορη καφέ αλεπού πηδάει πάνω από τον τεμπέλη σκύλο.",
+    "Η γρήγορη καφέ αλεπού πηδάει πάνω από τον τεμπέλη σκύλο.",  # noqa: RUF001
     "素早い茶色の狐が怠惰な犬を飛び越える。東京は日本の首都です。",
     "敏捷的棕色狐狸跳过了懒狗。我们今天去北京。",
     "빠른 갈색 여우가 게으른 개를 뛰어넘는다. 서울은 한국의 수도입니다.",

@@ -15,11 +15,11 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
-from native import build_native
-
 import corpus
+import pytest
 import tokenizer_zoo
+
+from native import build_native
 
 N_STRINGS = 20_000
 N_STRINGS_ASAN = 4_000  # the sanitizer build is ~10x slower: a slice of the same corpus
@@ -167,7 +167,9 @@ def test_damaged_tokenizer_json(tool, zoo_dir, tmp_path):
         "truncated": good[: len(good) // 2],
         "empty": "",
         "wrong-type": json.dumps({**data, "model": {**data["model"], "vocab": [1, 2]}}),
-        "missing-merges": json.dumps({**data, "model": {k: v for k, v in data["model"].items() if k != "merges"}}),
+        "missing-merges": json.dumps(
+            {**data, "model": {k: v for k, v in data["model"].items() if k != "merges"}}
+        ),
         "bad-merge": json.dumps({**data, "model": {**data["model"], "merges": ["zzq qqz"]}}),
         "id-out-of-range": json.dumps({**data, "model": {**data["model"], "vocab": {"a": -3}}}),
         "unsupported": json.dumps({**data, "normalizer": {"type": "ByteLevel"}}),
@@ -179,16 +181,19 @@ def test_damaged_tokenizer_json(tool, zoo_dir, tmp_path):
         err = done.stderr.decode()
         assert done.returncode == 1, (name, done.returncode, err)
         assert "inbedder-tokenize:" in err and "Sanitizer" not in err, (name, err)
-    assert "ByteLevel" in subprocess.run(
-        [str(tool), str(tmp_path / "unsupported.json")], capture_output=True, text=True
-    ).stderr
+    assert (
+        "ByteLevel"
+        in subprocess.run(
+            [str(tool), str(tmp_path / "unsupported.json")], capture_output=True, text=True
+        ).stderr
+    )
 
 
 def test_parity_under_sanitizers(zoo_dir):
     tool = build_native(sanitize=True) / "native" / "tokenizers" / "inbedder-tokenize"
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
     for name in ("gpt2-roberta", "minilm", "t5-unigram", "llama-bpe"):
-        recs, bad, done = parity(tool, name, zoo_dir, N_STRINGS_ASAN, env)
+        _, bad, done = parity(tool, name, zoo_dir, N_STRINGS_ASAN, env)
         err = done.stderr.decode()
         assert "Sanitizer" not in err and "runtime error" not in err, err[-3000:]
         assert not bad, f"{name}: " + "\n".join(bad[:5])

@@ -103,8 +103,7 @@ void AddedVocabulary::split_on(Splits& out, NormalizedString&& ns, const Matcher
     const AddedToken& t = tokens_[m.patterns[best].second];
     if (t.single_word) {
       bool start_space = start == 0 || !ends_with_word(std::string_view(s).substr(0, start));
-      bool stop_space =
-          stop == s.size() || !starts_with_word(std::string_view(s).substr(stop));
+      bool stop_space = stop == s.size() || !starts_with_word(std::string_view(s).substr(stop));
       if (!start_space || !stop_space) continue;
     }
     if (t.lstrip) {

@@ -228,7 +228,8 @@ std::unique_ptr<Model> make_bpe(const Json& j) {
   if (!v.is_object()) fail("BPE model: 'vocab' must be an object");
   m->vocab.map.reserve(v.size());
   for (auto it = v.begin(); it != v.end(); ++it) {
-    if (!it.value().is_number_integer()) fail("BPE model: id of '" + it.key() + "' is not an integer");
+    if (!it.value().is_number_integer())
+      fail("BPE model: id of '" + it.key() + "' is not an integer");
     m->vocab.add(it.key(), it.value().get<int64_t>(), "BPE model");
   }
   m->unk = opt_str(j, "unk_token");

@@ -194,11 +194,10 @@ std::unique_ptr<Decoder> make_decoder(const Json& j) {
     size_t i = 0;
     if (rep.empty()) fail("Metaspace decoder: 'replacement' must be one character");
     d->rep = next_cp(rep, i);
-    std::string scheme = j.contains("prepend_scheme")
-                             ? str_field(j, "prepend_scheme", "Metaspace decoder")
-                             : (bool_field(j, "add_prefix_space", "Metaspace decoder", true)
-                                    ? "always"
-                                    : "never");
+    std::string scheme =
+        j.contains("prepend_scheme")
+            ? str_field(j, "prepend_scheme", "Metaspace decoder")
+            : (bool_field(j, "add_prefix_space", "Metaspace decoder", true) ? "always" : "never");
     d->prepend = scheme != "never";
     return d;
   }
@@ -244,8 +243,8 @@ namespace inbedder::tok {
 std::string clean_up_tokenization(std::string text) {
   // transformers' PreTrainedTokenizerBase.clean_up_tokenization
   const std::pair<const char*, const char*> rules[] = {
-      {" .", "."}, {" ?", "?"}, {" !", "!"}, {" ,", ","}, {" ' ", "'"}, {" n't", "n't"},
-      {" 'm", "'m"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
+      {" .", "."},     {" ?", "?"},   {" !", "!"},   {" ,", ","},     {" ' ", "'"},
+      {" n't", "n't"}, {" 'm", "'m"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
   for (auto& [a, b] : rules) detail::replace_all(text, a, b);
   return text;
 }

@@ -35,7 +35,7 @@ void put_cp(std::string& out, char32_t c);
 // Byte offset of the first invalid UTF-8 sequence, or npos.
 size_t invalid_utf8_at(std::string_view s);
 std::u32string to_u32(std::string_view s);
-bool is_whitespace(char32_t c);  // Unicode White_Space, as Rust's char::is_whitespace
+bool is_whitespace(char32_t c);    // Unicode White_Space, as Rust's char::is_whitespace
 int general_category(char32_t c);  // utf8proc_category_t
 bool is_punctuation(char32_t c);   // P*
 bool is_word_char(char32_t c);     // Rust regex \w (approximated from categories)
@@ -136,7 +136,7 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& j);
 void split_each(Splits& splits,
                 const std::function<std::vector<NormalizedString>(NormalizedString&&)>& f);
 const std::vector<std::string>& byte_to_unicode();  // GPT-2's byte -> char (UTF-8)
-int unicode_to_byte(char32_t c);                      // inverse, -1 if not a byte char
+int unicode_to_byte(char32_t c);                    // inverse, -1 if not a byte char
 
 struct Token {
   int32_t id;
@@ -202,7 +202,7 @@ class AddedVocabulary {
  private:
   struct Matcher {
     std::vector<std::pair<std::string, size_t>> patterns;  // (pattern, token index), by first byte
-    std::vector<std::vector<size_t>> by_first;              // 256 buckets of pattern indices
+    std::vector<std::vector<size_t>> by_first;             // 256 buckets of pattern indices
     bool empty() const { return patterns.empty(); }
   };
   void build(Matcher& m, bool normalized, const Normalizer* normalizer);

@@ -124,7 +124,8 @@ std::vector<std::pair<std::pair<size_t, size_t>, bool>> Pattern::find_matches(
     out.push_back({{0, s.size()}, false});
   } else {
     std::vector<std::pair<size_t, size_t>> spans;
-    for (size_t p = s.find(literal); p != std::string_view::npos; p = s.find(literal, p + literal.size()))
+    for (size_t p = s.find(literal); p != std::string_view::npos;
+         p = s.find(literal, p + literal.size()))
       spans.emplace_back(p, p + literal.size());
     from_spans(spans);
   }

@@ -119,7 +119,7 @@ struct ByteLevelPP : PostProcessor {
 
 struct Piece {
   bool is_seq;
-  int seq;             // 0 = A, 1 = B
+  int seq;              // 0 = A, 1 = B
   std::string special;  // key into specials
   int32_t type_id;
 };
@@ -235,7 +235,8 @@ std::unique_ptr<PostProcessor> make_post_processor(const Json& j) {
       const Json& ids = field(it.value(), "ids", "TemplateProcessing special token");
       const Json& toks = field(it.value(), "tokens", "TemplateProcessing special token");
       if (!ids.is_array() || !toks.is_array() || ids.size() != toks.size())
-        fail("TemplateProcessing: special token '" + it.key() + "' needs ids and tokens of equal length");
+        fail("TemplateProcessing: special token '" + it.key() +
+             "' needs ids and tokens of equal length");
       for (auto& x : ids) {
         if (!x.is_number_unsigned()) fail("TemplateProcessing: special token ids must be integers");
         e.ids.push_back(x.get<int32_t>());

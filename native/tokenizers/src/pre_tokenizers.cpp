@@ -162,7 +162,8 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& j) {
   if (type == "WhitespaceSplit") return std::make_unique<WhitespaceSplitP>();
   if (type == "Whitespace") {
     auto p = std::make_unique<SplitP>();
-    p->pattern.regex = std::make_shared<Regex>(R"([\p{L}\p{Nl}\p{M}\p{Nd}\p{Pc}]+|[^\p{L}\p{Nl}\p{M}\p{Nd}\p{Pc}\s]+)");
+    p->pattern.regex = std::make_shared<Regex>(
+        R"([\p{L}\p{Nl}\p{M}\p{Nd}\p{Pc}]+|[^\p{L}\p{Nl}\p{M}\p{Nd}\p{Pc}\s]+)");
     p->pattern.invert = true;
     p->behavior = SplitBehavior::Removed;
     return p;
@@ -176,7 +177,7 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& j) {
     if (i != p->rep.size()) fail("Metaspace: 'replacement' must be one character");
     std::string scheme = j.contains("prepend_scheme") ? str_field(j, "prepend_scheme", "Metaspace")
                          : bool_field(j, "add_prefix_space", "Metaspace", true) ? "always"
-                                                                                 : "never";
+                                                                                : "never";
     if (scheme == "always")
       p->scheme = Prepend::Always;
     else if (scheme == "first")

@@ -37,9 +37,9 @@ std::unique_ptr<Model> make_wordpiece(const Json& j);
 std::unique_ptr<Model> make_unigram(const Json& j);
 
 std::unique_ptr<Model> make_model(const Json& j) {
-  std::string type = j.contains("type") ? str_field(j, "type", "model")
-                     : j.contains("merges")  ? "BPE"
-                                             : "";
+  std::string type = j.contains("type")     ? str_field(j, "type", "model")
+                     : j.contains("merges") ? "BPE"
+                                            : "";
   if (type == "BPE") return make_bpe(j);
   if (type == "WordPiece") return make_wordpiece(j);
   if (type == "Unigram") return make_unigram(j);

@@ -9,6 +9,25 @@
 
 namespace inbedder::tok::detail {
 
+#include "unicode_compat.inc"
+
+// tokenizers' unicode_categories tables are older than utf8proc's: the generated tables flip the
+// classes of the code points where the two disagree.
+template <size_t N>
+static bool in_diff(const char32_t (&r)[N][2], char32_t c) {
+  size_t lo = 0, hi = N;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    if (c < r[mid][0])
+      hi = mid;
+    else if (c > r[mid][1])
+      lo = mid + 1;
+    else
+      return true;
+  }
+  return false;
+}
+
 char32_t next_cp(std::string_view s, size_t& i) {
   auto b = static_cast<unsigned char>(s[i]);
   if (b < 0x80) {
@@ -128,11 +147,12 @@ int general_category(char32_t c) { return utf8proc_category(static_cast<utf8proc
 
 bool is_punctuation(char32_t c) {
   int k = general_category(c);
-  return k >= UTF8PROC_CATEGORY_PC && k <= UTF8PROC_CATEGORY_PO;
+  return (k >= UTF8PROC_CATEGORY_PC && k <= UTF8PROC_CATEGORY_PO) != in_diff(kDiff_punct, c);
 }
 
 bool is_word_char(char32_t c) {
-  if (c < 0x80) return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+  if (c < 0x80)
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
   int k = general_category(c);
   return (k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_ND) || k == UTF8PROC_CATEGORY_NL ||
          k == UTF8PROC_CATEGORY_PC || c == 0x200C || c == 0x200D;
@@ -140,10 +160,13 @@ bool is_word_char(char32_t c) {
 
 bool is_other_ccf(char32_t c) {
   int k = general_category(c);
-  return k == UTF8PROC_CATEGORY_CC || k == UTF8PROC_CATEGORY_CF || k == UTF8PROC_CATEGORY_CO;
+  bool other = k == UTF8PROC_CATEGORY_CC || k == UTF8PROC_CATEGORY_CF || k == UTF8PROC_CATEGORY_CO;
+  return other != in_diff(kDiff_other, c);
 }
 
-bool is_mark_nonspacing(char32_t c) { return general_category(c) == UTF8PROC_CATEGORY_MN; }
+bool is_mark_nonspacing(char32_t c) {
+  return (general_category(c) == UTF8PROC_CATEGORY_MN) != in_diff(kDiff_mn, c);
+}
 
 bool is_combining_mark(char32_t c) {
   int k = general_category(c);
@@ -164,13 +187,14 @@ void lowercase(char32_t c, std::vector<char32_t>& out) {
 }
 
 static int ccc(char32_t c) {
+  if (in_diff(kDiff_zeroccc, c)) return 0;  // a mark newer than tokenizers' tables
   return utf8proc_get_property(static_cast<utf8proc_int32_t>(c))->combining_class;
 }
 
 static bool compose_pair(char32_t a, char32_t b, char32_t& r) {
   utf8proc_int32_t buf[2] = {static_cast<utf8proc_int32_t>(a), static_cast<utf8proc_int32_t>(b)};
   utf8proc_ssize_t n = utf8proc_normalize_utf32(buf, 2, UTF8PROC_COMPOSE);
-  if (n == 1) {
+  if (n == 1 && !in_diff(kDiff_nodecomp, static_cast<char32_t>(buf[0]))) {
     r = static_cast<char32_t>(buf[0]);
     return true;
   }
@@ -201,8 +225,13 @@ std::vector<Change> unicode_normalize(std::string_view s, bool compat, bool comp
   for (size_t i = 0; i < s.size();) {
     char32_t c = next_cp(s, i);
     int last_bound = 0;
-    utf8proc_ssize_t n = utf8proc_decompose_char(static_cast<utf8proc_int32_t>(c), dec, 32, opts,
-                                                 &last_bound);
+    utf8proc_ssize_t n;
+    if (in_diff(kDiff_nodecomp, c) || (compat && in_diff(kDiff_nocompat, c))) {
+      dec[0] = static_cast<utf8proc_int32_t>(c);  // tokenizers' older data has no decomposition
+      n = 1;
+    } else {
+      n = utf8proc_decompose_char(static_cast<utf8proc_int32_t>(c), dec, 32, opts, &last_bound);
+    }
     if (n < 0 || n > 32) fail("Unicode normalization failed");
     for (utf8proc_ssize_t k = 0; k < n; ++k) {
       auto d = static_cast<char32_t>(dec[k]);

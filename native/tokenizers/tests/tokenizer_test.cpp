@@ -1,11 +1,11 @@
 // Unit tests of inbedder_tokenizers: a tiny hand-written tokenizer.json per model family, and
 // damaged files (truncated JSON, wrong types, missing merges, ids out of range) that must give a
 // clear TokenizerError.
+#include "inbedder/tokenizer.hpp"
+
 #include <gtest/gtest.h>
 
 #include <string>
-
-#include "inbedder/tokenizer.hpp"
 
 using inbedder::tok::Tokenizer;
 using inbedder::tok::TokenizerError;
@@ -22,6 +22,10 @@ const char* kWordPiece = R"({
   "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 2], "cls": ["[CLS]", 1]},
   "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
   "added_tokens": [{"id": 0, "content": "[UNK]", "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": true},
+                   {"id": 1, "content": "[CLS]", "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": true},
+                   {"id": 2, "content": "[SEP]", "single_word": false, "lstrip": false,
                     "rstrip": false, "normalized": false, "special": true}]
 })";
 
@@ -67,25 +71,27 @@ TEST(Damaged, WrongTypes) {
   EXPECT_THROW(Tokenizer::from_json("[]"), TokenizerError);
   EXPECT_THROW(Tokenizer::from_json(with_model("3")), TokenizerError);
   EXPECT_THROW(Tokenizer::from_json(with_model(R"({"type": "WordPiece", "vocab": [1],
-      "unk_token": "x"})")), TokenizerError);
+      "unk_token": "x"})")),
+               TokenizerError);
   EXPECT_THROW(Tokenizer::from_json(with_model(R"({"type": "BPE", "vocab": {"a": "1"},
-      "merges": []})")), TokenizerError);
+      "merges": []})")),
+               TokenizerError);
 }
 
 TEST(Damaged, MissingMerges) {
   EXPECT_THROW(Tokenizer::from_json(with_model(R"({"type": "BPE", "vocab": {"a": 0}})")),
                TokenizerError);
-  EXPECT_THROW(Tokenizer::from_json(with_model(
-                   R"({"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]})")),
+  EXPECT_THROW(Tokenizer::from_json(
+                   with_model(R"({"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]})")),
                TokenizerError);
 }
 
 TEST(Damaged, IdsOutOfRange) {
-  EXPECT_THROW(Tokenizer::from_json(with_model(
-                   R"({"type": "BPE", "vocab": {"a": -4}, "merges": []})")),
-               TokenizerError);
-  EXPECT_THROW(Tokenizer::from_json(with_model(
-                   R"({"type": "Unigram", "unk_id": 7, "vocab": [["a", -1.0]]})")),
+  EXPECT_THROW(
+      Tokenizer::from_json(with_model(R"({"type": "BPE", "vocab": {"a": -4}, "merges": []})")),
+      TokenizerError);
+  EXPECT_THROW(Tokenizer::from_json(
+                   with_model(R"({"type": "Unigram", "unk_id": 7, "vocab": [["a", -1.0]]})")),
                TokenizerError);
 }
 
@@ -107,7 +113,8 @@ TEST(Bpe, ByteLevelMerges) {
     "decoder": {"type": "ByteLevel"}
   })");
   auto e = t.encode("ab ab");
-  EXPECT_EQ(e.ids, (std::vector<int32_t>{2, 4, 1}));
+  // "a b" ranks first: " ab" is Ġ + ab, not Ġa + b
+  EXPECT_EQ(e.ids, (std::vector<int32_t>{2, 3, 2}));
   EXPECT_EQ(t.decode(e.ids, false), "ab ab");
 }
 

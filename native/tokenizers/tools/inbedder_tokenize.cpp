@@ -117,8 +117,11 @@ int main(int argc, char** argv) {
         }
       }
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::cout << json{{"records", recs.size()}, {"passes", bench}, {"bytes", bytes},
-                      {"tokens", tokens}, {"seconds", s}}
+    std::cout << json{{"records", recs.size()},
+                      {"passes", bench},
+                      {"bytes", bytes},
+                      {"tokens", tokens},
+                      {"seconds", s}}
                      .dump()
               << "\n";
     return 0;
@@ -131,7 +134,9 @@ int main(int argc, char** argv) {
       tok::Encoding e = run(*t, r);
       json offs = json::array();
       for (auto& [a, b] : e.offsets) offs.push_back({a, b});
-      out = {{"ids", e.ids}, {"type_ids", e.type_ids}, {"offsets", offs},
+      out = {{"ids", e.ids},
+             {"type_ids", e.type_ids},
+             {"offsets", offs},
              {"sequence_ids", e.sequence_ids}};
       if (decode) {
         out["decoded"] = t->decode(e.ids, false);
