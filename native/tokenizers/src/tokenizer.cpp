@@ -1,5 +1,6 @@
 // Tokenizer: loads tokenizer.json (nlohmann/json) into the components and runs the pipeline
 // added tokens -> normalizer -> pre-tokenizer -> model -> truncation -> post-processor, and decode.
+#include <cmath>
 #include <fstream>
 #include <sstream>
 #include <unordered_set>
@@ -144,6 +145,77 @@ Tokenizer Tokenizer::from_file(const std::string& path) {
   }
 }
 
+namespace {
+
+// tokenizers reads floats with serde_json's default parser, which is not correctly rounded (it
+// scales the decimal significand by a power of ten in f64 arithmetic): Unigram scores are then
+// a few ULPs off from strtod's and Viterbi ties break differently. Re-read every float the same
+// way serde_json does.
+double serde_json_f64(const std::string& s) {
+  static const double kPow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                  1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                  1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22, 1e23};
+  size_t i = 0;
+  bool neg = i < s.size() && s[i] == '-';
+  if (neg) ++i;
+  uint64_t sig = 0;
+  long exp = 0;
+  bool overflow = false;
+  for (; i < s.size() && s[i] >= '0' && s[i] <= '9'; ++i) {
+    auto d = static_cast<uint64_t>(s[i] - '0');
+    if (overflow || sig > (UINT64_MAX - d) / 10) {  // further integer digits only scale
+      overflow = true;
+      ++exp;
+    } else {
+      sig = sig * 10 + d;
+    }
+  }
+  if (i < s.size() && s[i] == '.') {
+    for (++i; i < s.size() && s[i] >= '0' && s[i] <= '9'; ++i) {
+      auto d = static_cast<uint64_t>(s[i] - '0');
+      if (overflow || sig > (UINT64_MAX - d) / 10) {
+        overflow = true;  // further fraction digits are ignored
+        continue;
+      }
+      sig = sig * 10 + d;
+      --exp;
+    }
+  }
+  if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+    ++i;
+    bool eneg = i < s.size() && s[i] == '-';
+    if (i < s.size() && (s[i] == '-' || s[i] == '+')) ++i;
+    long e = 0;
+    for (; i < s.size() && s[i] >= '0' && s[i] <= '9'; ++i)
+      e = std::min(e * 10 + (s[i] - '0'), 100000L);
+    exp += eneg ? -e : e;
+  }
+  double f = static_cast<double>(sig);
+  for (;;) {
+    long a = exp < 0 ? -exp : exp;
+    if (a <= 308) {
+      // serde's table holds the literals 1e0..1e308: strtod gives the same doubles
+      double p = a < 24 ? kPow10[a] : std::strtod(("1e" + std::to_string(a)).c_str(), nullptr);
+      f = exp >= 0 ? f * p : f / p;
+      break;
+    }
+    if (f == 0.0) break;
+    if (exp >= 0) return neg ? -HUGE_VAL : HUGE_VAL;
+    f /= 1e308;
+    exp += 308;
+  }
+  return neg ? -f : f;
+}
+
+struct SerdeFloatsSax : nlohmann::detail::json_sax_dom_parser<Json> {
+  using nlohmann::detail::json_sax_dom_parser<Json>::json_sax_dom_parser;
+  bool number_float(double, const std::string& s) {
+    return nlohmann::detail::json_sax_dom_parser<Json>::number_float(serde_json_f64(s), s);
+  }
+};
+
+}  // namespace
+
 static Truncation truncation_from_json(const Json& j) {
   Truncation t;
   const Json& ml = field(j, "max_length", "truncation");
@@ -167,7 +239,11 @@ static Truncation truncation_from_json(const Json& j) {
 Tokenizer Tokenizer::from_json(std::string_view json_text) {
   Json j;
   try {
-    j = Json::parse(json_text.begin(), json_text.end());
+    SerdeFloatsSax sax(j);
+    if (!Json::sax_parse(json_text.begin(), json_text.end(), &sax))
+      throw TokenizerError("tokenizer.json is not valid JSON");
+  } catch (const TokenizerError&) {
+    throw;
   } catch (const std::exception& e) {
     throw TokenizerError(std::string("tokenizer.json is not valid JSON: ") + e.what());
   }

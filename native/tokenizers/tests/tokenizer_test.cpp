@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <thread>
 
 using inbedder::tok::Tokenizer;
 using inbedder::tok::TokenizerError;
@@ -120,4 +121,20 @@ TEST(Bpe, ByteLevelMerges) {
 
 TEST(CleanUp, TransformersRules) {
   EXPECT_EQ(inbedder::tok::clean_up_tokenization("hello , world ! it 's"), "hello, world! it's");
+}
+
+TEST(Threads, ConstEncodeFromEightThreads) {
+  Tokenizer t = Tokenizer::from_json(kWordPiece);
+  const std::string text = "Hello worlds! hello world hello worlds!";
+  const auto want = t.encode(text).ids;
+  std::vector<std::thread> pool;
+  std::vector<int> ok(8, 0);
+  for (int k = 0; k < 8; ++k)
+    pool.emplace_back([&, k] {
+      bool same = true;
+      for (int i = 0; i < 500; ++i) same = same && t.encode(text).ids == want;
+      ok[static_cast<size_t>(k)] = same;
+    });
+  for (auto& th : pool) th.join();
+  for (int v : ok) EXPECT_TRUE(v);
 }
