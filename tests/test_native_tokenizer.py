@@ -207,6 +207,17 @@ def test_damaged_tokenizer_json(tool, zoo_dir, tmp_path):
     )
 
 
+def _unit_tests(build: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    exe = build / "native" / "tokenizers" / "inbedder_tokenizers_test"
+    return subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_unit_tests():
+    """The gtest unit tests (also registered with ctest), so that CI's pytest runs them."""
+    done = _unit_tests(build_native())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
 def test_parity_under_sanitizers(zoo_dir):
     tool = build_native(sanitize=True) / "native" / "tokenizers" / "inbedder-tokenize"
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
@@ -215,6 +226,8 @@ def test_parity_under_sanitizers(zoo_dir):
         err = done.stderr.decode()
         assert "Sanitizer" not in err and "runtime error" not in err, err[-3000:]
         assert not bad, f"{name}: " + "\n".join(bad[:5])
+    unit = _unit_tests(build_native(sanitize=True), env)
+    assert unit.returncode == 0 and "Sanitizer" not in unit.stderr, unit.stdout[-2000:] + unit.stderr[-2000:]
     # damaged files under the sanitizers too: a clear error, no report
     for case, text in _damaged_cases(tokenizer_zoo.build("gpt2-roberta", zoo_dir).read_text("utf-8")).items():
         p = zoo_dir / f"damaged-{case}.json"

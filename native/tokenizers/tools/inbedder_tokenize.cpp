@@ -2,8 +2,9 @@
 // "pair", "max_length", "strategy", "direction"}), JSONL out ({"ids", "type_ids", "offsets"
 // (bytes), "sequence_ids", with --decode "decoded" and "decoded_skip" (skip_special_tokens), with
 // --clean-up also "decoded_clean": decoded_skip after transformers' clean_up_tokenization}).
-// A bad record gets {"error": "record N: ..."} and the tool goes on. --bench N times N passes of encode over all
-// records in-process (no JSON I/O in the timing) and prints one JSON line of figures.
+// A bad record gets {"error": "record N: ..."} and the tool goes on. --bench N times N passes of
+// encode over all records in-process (no JSON I/O in the timing) and prints one JSON line of
+// figures.
 #include <chrono>
 #include <cstring>
 #include <iostream>
