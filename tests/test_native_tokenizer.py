@@ -151,6 +151,33 @@ def test_parity(tool, zoo_dir, name):
     assert not bad, f"{len(bad)} mismatches of {len(recs)}:\n" + "\n".join(bad[:10])
 
 
+@pytest.mark.parametrize("name", sorted(tokenizer_zoo.ZOO))
+def test_vocabulary_lookups(tool, zoo_dir, name):
+    """vocab_size (with added tokens), token_to_id and id_to_token as `tokenizers` answers them."""
+    import random
+
+    from tokenizers import Tokenizer
+
+    path = tokenizer_zoo.build(name, zoo_dir)
+    tok = Tokenizer.from_file(str(path))
+    size = subprocess.run([str(tool), str(path), "--vocab-size"], capture_output=True, text=True)
+    assert int(size.stdout) == tok.get_vocab_size(with_added_tokens=True)
+    vocab = sorted(tok.get_vocab(with_added_tokens=True))
+    probes = [*random.Random(0).sample(vocab, min(500, len(vocab))), *_specials(path), "no such token", ""]
+    done = subprocess.run(
+        [str(tool), str(path), "--token-to-id"],
+        input="\n".join(json.dumps(p) for p in probes) + "\n",
+        capture_output=True,
+        text=True,
+    )
+    got = [json.loads(x) for x in done.stdout.split("\n") if x]
+    want = []
+    for p in probes:
+        i = tok.token_to_id(p)
+        want.append({"id": i, "token": None if i is None else tok.id_to_token(i)})
+    assert got == want
+
+
 def test_bad_records_get_error_lines(tool, zoo_dir):
     path = tokenizer_zoo.build("gpt2-roberta", zoo_dir)
     lines = [

@@ -4,7 +4,8 @@
 // --clean-up also "decoded_clean": decoded_skip after transformers' clean_up_tokenization}).
 // A bad record gets {"error": "record N: ..."} and the tool goes on. --bench N times N passes of
 // encode over all records in-process (no JSON I/O in the timing) and prints one JSON line of
-// figures.
+// figures. --vocab-size prints vocab_size(); --token-to-id reads one JSON string per line and
+// writes its id (or null) and id_to_token of that id.
 #include <chrono>
 #include <cstring>
 #include <iostream>
@@ -68,7 +69,7 @@ tok::Encoding run(const tok::Tokenizer& t, const Record& r) {
 
 int usage() {
   std::cerr << "usage: inbedder-tokenize TOKENIZER_JSON [--decode [--clean-up]] [--bench N]"
-               " < records.jsonl\n";
+               " [--vocab-size] [--token-to-id] < records.jsonl\n";
   return 2;
 }
 
@@ -76,13 +77,17 @@ int usage() {
 
 int main(int argc, char** argv) {
   std::string path;
-  bool decode = false, clean_up = false;
+  bool decode = false, clean_up = false, vocab_size = false, token_to_id = false;
   long bench = 0;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--decode") == 0) {
       decode = true;
     } else if (std::strcmp(argv[i], "--clean-up") == 0) {
       clean_up = true;
+    } else if (std::strcmp(argv[i], "--vocab-size") == 0) {
+      vocab_size = true;
+    } else if (std::strcmp(argv[i], "--token-to-id") == 0) {
+      token_to_id = true;
     } else if (std::strcmp(argv[i], "--bench") == 0 && i + 1 < argc) {
       bench = std::atol(argv[++i]);
     } else if (argv[i][0] == '-' || !path.empty()) {
@@ -101,6 +106,26 @@ int main(int argc, char** argv) {
   }
   std::ios::sync_with_stdio(false);
   std::string line;
+  if (vocab_size) {
+    std::cout << t->vocab_size() << "\n";
+    return 0;
+  }
+  if (token_to_id) {
+    while (std::getline(std::cin, line)) {
+      json out = {{"id", nullptr}, {"token", nullptr}};
+      try {
+        auto id = t->token_to_id(json::parse(line).get<std::string>());
+        if (id) {
+          out["id"] = *id;
+          if (auto back = t->id_to_token(*id)) out["token"] = *back;
+        }
+      } catch (const std::exception& e) {
+        out = {{"error", e.what()}};
+      }
+      std::cout << out.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
+    }
+    return 0;
+  }
   size_t n = 0;
   if (bench > 0) {
     std::vector<Record> recs;
