@@ -29,12 +29,12 @@ def _split_lines(data: bytes | str, source: str) -> list[str]:
     U+0085, form feed, a lone "\\r") stays inside its line. Invalid UTF-8 names its line."""
     if isinstance(data, bytes):
         try:
-            text = data.decode("utf-8")
+            text = data.decode("utf-8-sig")  # a leading UTF-8 BOM is not part of the first text
         except UnicodeDecodeError as e:
             line = data.count(b"\n", 0, e.start) + 1
             raise InputError(f"{source}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     else:
-        text = data
+        text = data.removeprefix("\ufeff")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the final line end
@@ -52,8 +52,7 @@ def _read_records(
     """Texts, per-text instructions (or None) and the line number of each text."""
     lines = _split_lines(stream.read(), source)
     if fmt == "auto":
-        first = next((ln for ln in lines if ln.strip()), "")
-        fmt = "jsonl" if first.lstrip().startswith("{") else "lines"
+        fmt = _detect_format(lines, source)
     if fmt == "lines":
         return lines, None, list(range(1, len(lines) + 1))
     texts: list[str] = []
@@ -79,6 +78,25 @@ def _read_records(
     if all(i is None for i in instructions):
         return texts, None, numbers
     return texts, [i if i is not None else "" for i in instructions], numbers
+
+
+def _detect_format(lines: Sequence[str], source: str) -> str:
+    """`--format auto`: by the file's extension (.jsonl / .json: JSONL; .txt: lines), else JSONL
+    when the first non-blank line is a JSON object with a string "text", else lines."""
+    suffix = Path(source).suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if suffix == ".txt" or (source == "<stdin>" and not lines):
+        return "lines"
+    first = next((ln for ln in lines if ln.strip()), "")
+    if first.lstrip().startswith("{"):
+        try:
+            rec = json.loads(first)
+        except (json.JSONDecodeError, RecursionError):
+            return "lines"
+        if isinstance(rec, dict) and isinstance(rec.get("text"), str):
+            return "jsonl"
+    return "lines"
 
 
 def _check_unicode(
@@ -227,29 +245,47 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     if per_text is not None and args.instruction is not None:
         per_text = [i or args.instruction for i in per_text]
     instruction = per_text if per_text is not None else (args.instruction or "")
-    out = Path(args.output)
+    out = _npy_path(args.output)
+    paths = [out] if args.answers is None else [out, Path(args.answers)]
+    for path in paths:
+        if path.is_dir():
+            raise SystemExit(f"{path} is a directory; name the output file")
+        if path.exists() and not args.overwrite:
+            raise SystemExit(f"{path} exists; pass --overwrite to replace it")
     # Every output location is checked (its temporary file created) before the bundle is loaded.
-    outputs = _Outputs([out] if args.answers is None else [out, Path(args.answers)])
+    outputs = _Outputs(paths)
     try:
         emb = Embedder(args.model, device=args.device, threads=args.threads)
         if args.instruction is None and per_text is None and emb.pipeline.answers:
             raise SystemExit("-i/--instruction is required (or an 'instruction' field per JSONL record)")
-        show = None if not args.quiet else False
+        show = False if args.quiet else args.progress
         options = {}
         if args.decode_steps is not None:
             options["decode_steps"] = args.decode_steps
         if args.max_new_tokens is not None:
             options["max_new_tokens"] = args.max_new_tokens
-        result = emb.encode(
-            texts,
-            instruction,
-            batch_size=args.batch_size,
-            normalize=args.normalize,
-            show_progress_bar=show,
-            return_answers=args.answers is not None,
-            truncation=args.truncation,
-            **options,
-        )
+        for name in set(options) - set(emb.pipeline.options):
+            accepted = ", ".join(_flag(o) for o in sorted(emb.pipeline.options)) or "none"
+            family = emb.manifest.family
+            raise SystemExit(
+                f"{_flag(name)} does not apply to this bundle ({family}; its options: {accepted})"
+            )
+        try:
+            result = emb.encode(
+                texts,
+                instruction,
+                batch_size=args.batch_size,
+                normalize=args.normalize,
+                show_progress_bar=show,
+                return_answers=args.answers is not None,
+                truncation=args.truncation,
+                **options,
+            )
+        except InbedderError as e:  # the library's argument names, as the flags the user typed
+            message = str(e)
+            for name in (*options, "batch_size"):
+                message = message.replace(name, _flag(name))
+            raise type(e)(message) from None
         vecs, answers = result if isinstance(result, tuple) else (result, None)
         outputs.write(0, lambda f: np.save(f, vecs))
         if answers is not None:
@@ -263,6 +299,16 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {out}: {vecs.shape[0]} x {vecs.shape[1]} float32", file=sys.stderr)
     return 0
+
+
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def _npy_path(name: str) -> Path:
+    """The file `np.save` writes: `.npy` is appended when the name has no such suffix."""
+    path = Path(name)
+    return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -296,19 +342,29 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inbedder", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"inbedder {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("export", help="checkpoint (hub id or directory) -> validated bundle")
     e.add_argument("model", help="hub id (e.g. BrandonZYW/roberta-large-InBedder) or local directory")
-    e.add_argument("out_dir")
-    e.add_argument("--recipe", help="masked-answer | masked-answer-pair | ... (default: detected)")
-    e.add_argument("--max-length", type=int, default=None)
+    e.add_argument("out_dir", help="the bundle directory to write")
+    e.add_argument(
+        "--recipe",
+        help="masked-answer | masked-answer-pair | causal-answer | causal-answer-avg | instructor | "
+        "sentence-embedding (default: from the hub id or the checkpoint's layout)",
+    )
+    e.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="token limit of a prompt (default: the model's, at most 512)",
+    )
     e.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
-    e.add_argument("--opset", type=int, default=17)
+    e.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     e.add_argument(
         "--decode-steps", type=int, default=None, help="masked LMs: default passes of iterative unmasking"
     )
-    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing bundle at out_dir")
     e.add_argument(
         "--precision", choices=("fp32", "int8", "fp16"), default="fp32", help="quantize after export"
     )
@@ -316,8 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quantize", help="fp32 bundle -> int8 (CPU) / fp16 (CUDA) bundle, behind a gate")
     q.add_argument("bundle", help="an fp32 bundle")
-    q.add_argument("out_dir")
-    q.add_argument("--precision", choices=("int8", "fp16"), default="int8")
+    q.add_argument("out_dir", help="the bundle directory to write")
+    q.add_argument(
+        "--precision", choices=("int8", "fp16"), default="int8", help="int8 (CPU, default) or fp16 (CUDA)"
+    )
     q.add_argument("--calibration", metavar="FILE", help="texts: one per line, or JSONL text/instruction")
     q.add_argument(
         "-i", "--instruction", default="What is this text about?", help="for calibration texts without one"
@@ -330,27 +388,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="7-bit weights (default: on for x86 CPUs without VNNI)",
     )
     q.add_argument("--per-channel", action="store_true", help="per-channel weight scales")
-    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing bundle at out_dir")
     q.set_defaults(func=_cmd_quantize)
 
     m = sub.add_parser("embed", help="embed texts from a file or stdin with a bundle")
     m.add_argument("-m", "--model", required=True, help="bundle directory, or a hub name org/name")
-    m.add_argument("-i", "--instruction", default=None)
-    m.add_argument("input", nargs="?", default="-", help="text file (one per line, or JSONL) or -")
-    m.add_argument("-o", "--output", required=True, help="output .npy")
+    m.add_argument(
+        "-i",
+        "--instruction",
+        default=None,
+        help="the instruction for every text (a JSONL record's own 'instruction' wins); for "
+        "sentence-embedding bundles an optional query prefix",
+    )
+    m.add_argument("input", nargs="?", default="-", help="text file (one per line, or JSONL) or - for stdin")
+    m.add_argument("-o", "--output", required=True, help="output .npy (the suffix is added if missing)")
     m.add_argument("--answers", default=None, metavar="JSONL", help="also write the answers here")
-    m.add_argument("--format", choices=("auto", "lines", "jsonl"), default="auto")
-    m.add_argument("--batch-size", type=int, default=32)
+    m.add_argument(
+        "--format",
+        choices=("auto", "lines", "jsonl"),
+        default="auto",
+        help="auto (default): by extension (.jsonl/.json: JSONL, .txt: lines), else JSONL when the "
+        "first line is a JSON object with a 'text'",
+    )
+    m.add_argument("--batch-size", type=int, default=32, help="texts per graph call (default 32)")
     m.add_argument("--normalize", action="store_true", help="L2-normalise the vectors")
-    m.add_argument("--truncation", choices=("input", "reference"), default="input")
-    m.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
-    m.add_argument("--threads", type=int, default=None)
+    m.add_argument(
+        "--truncation",
+        choices=("input", "reference"),
+        default="input",
+        help="input (default): cut the end of a long text; reference: the published tokenizer rule",
+    )
+    m.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="default cpu")
+    m.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
     m.add_argument(
         "--decode-steps", type=int, default=None, help="masked LMs: passes of iterative unmasking (default 1)"
     )
     m.add_argument(
         "--max-new-tokens", type=int, default=None, help="causal LMs: answer length (default: the bundle's)"
     )
+    m.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the progress bar (default: on a terminal)",
+    )
+    m.add_argument("--overwrite", action="store_true", help="replace existing output files")
     m.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     m.set_defaults(func=_cmd_embed)
 
@@ -370,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--revision", default=None, help="branch to commit to (default: main)")
     u.set_defaults(func=_cmd_push)
     return p
+
+
+def _version() -> str:
+    from inbedder import __version__
+
+    return __version__
 
 
 def _terminate(signum: int, frame: object) -> None:

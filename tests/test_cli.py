@@ -95,3 +95,71 @@ def test_cli_models(capsys):
     assert any("BrandonZYW/roberta-large-InBedder" in ln and "[unverified]" in ln for ln in lines)
     assert main(["models", "--json"]) == 0
     assert {m["id"] for m in json.loads(capsys.readouterr().out)} >= {"hkunlp/instructor-xl"}
+
+
+# -- the user's surface (issue "The user's surface") ---------------------------------------------
+def _embed(bundle: Path, src: Path, out: Path, *extra: str) -> int:
+    return main(["embed", "-m", str(bundle), "-i", "What?", str(src), "-o", str(out), "-q", *extra])
+
+
+def test_bom_is_stripped_in_both_formats(masked_bundle: Path, tmp_path: Path):
+    emb = Embedder(masked_bundle)
+    want = emb.encode(["I love cats!", "ok"], "What?")
+    plain, jsonl = tmp_path / "in.txt", tmp_path / "in.jsonl"
+    plain.write_bytes("\ufeffI love cats!\nok\n".encode())
+    jsonl.write_bytes(('\ufeff{"text": "I love cats!"}\n{"text": "ok"}\n').encode())
+    for src in (plain, jsonl):
+        assert _embed(masked_bundle, src, tmp_path / f"{src.suffix[1:]}.npy") == 0
+        np.testing.assert_allclose(np.load(tmp_path / f"{src.suffix[1:]}.npy"), want, atol=1e-6)
+
+
+def test_format_by_extension_then_content(masked_bundle: Path, tmp_path: Path):
+    emb = Embedder(masked_bundle)
+    txt = tmp_path / "notes.txt"
+    txt.write_text("{braces start this line}\nok\n", encoding="utf-8")  # a text file, not JSONL
+    assert _embed(masked_bundle, txt, tmp_path / "a.npy") == 0
+    want = emb.encode(["{braces start this line}", "ok"], "What?")
+    np.testing.assert_allclose(np.load(tmp_path / "a.npy"), want, atol=1e-6)
+    noext = tmp_path / "records"
+    noext.write_text('{"text": "I love cats!"}\n', encoding="utf-8")  # content decides: JSONL
+    assert _embed(masked_bundle, noext, tmp_path / "b.npy") == 0
+    np.testing.assert_allclose(np.load(tmp_path / "b.npy"), emb.encode(["I love cats!"], "What?"), atol=1e-6)
+
+
+def test_existing_output_needs_overwrite_and_npy_is_named(masked_bundle: Path, tmp_path: Path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("ok\n", encoding="utf-8")
+    out = tmp_path / "emb_noext"
+    assert main(["embed", "-m", str(masked_bundle), "-i", "What?", str(src), "-o", str(out)]) == 0
+    assert "wrote " + str(out) + ".npy:" in capsys.readouterr().err and (tmp_path / "emb_noext.npy").is_file()
+    with pytest.raises(SystemExit, match="exists; pass --overwrite"):
+        _embed(masked_bundle, src, out)
+    assert _embed(masked_bundle, src, out, "--overwrite") == 0
+    (tmp_path / "d.npy").mkdir()
+    with pytest.raises(SystemExit, match="is a directory"):
+        _embed(masked_bundle, src, tmp_path / "d.npy")
+
+
+def test_errors_use_flag_names(masked_bundle: Path, tmp_path: Path):
+    src = tmp_path / "in.txt"
+    src.write_text("ok\n", encoding="utf-8")
+    with pytest.raises(
+        SystemExit,
+        match=r"--max-new-tokens does not apply to this bundle \(masked-lm; its options: --decode-steps\)",
+    ):
+        _embed(masked_bundle, src, tmp_path / "e.npy", "--max-new-tokens", "3")
+    assert _embed(masked_bundle, src, tmp_path / "e.npy", "--decode-steps", "9") == 2
+
+
+def test_version_and_help_texts(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("inbedder ")
+    from inbedder.cli import build_parser
+
+    # argparse keeps its subparsers and actions private; reading them checks every option has help
+    sub = build_parser()._subparsers._group_actions[0].choices
+    for name, parser in sub.items():
+        for action in parser._actions:
+            if action.dest not in ("help",) and action.option_strings:
+                assert action.help, f"{name} {action.option_strings}"

@@ -97,7 +97,20 @@ def test_invalid_utf8_names_the_line(masked_bundle: Path, tmp_path: Path, capsys
 
 # -- item 7: outputs are replaced, never damaged -------------------------------------------------
 def _embed_args(bundle: Path, src: Path, out: Path, ans: Path) -> list[str]:
-    return ["embed", "-m", str(bundle), "-i", "q", str(src), "-o", str(out), "--answers", str(ans), "-q"]
+    return [
+        "embed",
+        "-m",
+        str(bundle),
+        "-i",
+        "q",
+        str(src),
+        "-o",
+        str(out),
+        "--answers",
+        str(ans),
+        "-q",
+        "--overwrite",
+    ]
 
 
 def test_failed_write_keeps_the_previous_outputs(masked_bundle: Path, tmp_path: Path, monkeypatch, capsys):
