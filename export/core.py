@@ -8,7 +8,10 @@ declaring an `ExportFamily` (family.py); nothing here names one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from inbedder.errors import InputError
@@ -25,6 +28,32 @@ from .validate import EMBEDDING_ATOL, validate
 DEFAULT_OPSET = 17
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def check_source(source: str) -> None:
+    """A checkpoint is a local directory or a hub id (`org/name`); anything else is a clear error
+    before transformers is asked (which would answer with a long traceback)."""
+    path = Path(source)
+    if path.is_dir():
+        return
+    if path.exists():
+        raise InputError(f"{source} is a file; give the checkpoint's directory (or a hub id)")
+    if not _HUB_ID.fullmatch(source) or source.startswith((".", "/")):
+        raise InputError(f"{source}: no such checkpoint directory (and not a hub id of the form org/name)")
+
+
+@contextlib.contextmanager
+def checkpoint_errors(source: str) -> Iterator[None]:
+    """transformers' and huggingface_hub's loading failures (no such repository, no network, a
+    checkpoint without its files) as one line naming the checkpoint."""
+    try:
+        yield
+    except OSError as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise InputError(f"{source}: cannot load the checkpoint: {first}") from e
+
+
 def detect_recipe(source: str, revision: str | None = None) -> Recipe:
     """The recipe for a checkpoint: a known hub id's, else the default of the family it fits."""
     return resolve(source, None, revision)[0]
@@ -33,7 +62,8 @@ def detect_recipe(source: str, revision: str | None = None) -> Recipe:
 def build(family: ExportFamily, work: Path, *, max_length: int | None, opset: int) -> tuple[Manifest, int]:
     """Load, trace every graph and save the tokenizer into `work`; the manifest (no checksums
     yet) and the token limit."""
-    family.load()
+    with checkpoint_errors(family.source):
+        family.load()
     limit = family.max_length(max_length)
     specs = {}
     for g in family.graphs(limit):
@@ -71,7 +101,9 @@ def export_bundle(
         raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    spec, family_cls = resolve(model, recipe, revision)
+    check_source(model)
+    with checkpoint_errors(model):
+        spec, family_cls = resolve(model, recipe, revision)
     family = family_cls(model, spec, revision)
     # Per-bundle defaults of the runtime's per-call options (names checked now, values on the
     # staged bundle).

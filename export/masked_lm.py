@@ -150,9 +150,13 @@ class MaskedLMFamily(ExportFamily):
         # randomly: seed so that exporting the same checkpoint twice gives the same bundle.
         torch.manual_seed(0)
         # Eager attention: one traced graph for any padding, and the pattern onnxruntime's fusions know.
-        self.model = AutoModelForMaskedLM.from_pretrained(
-            self.source, revision=self.revision, attn_implementation="eager"
-        ).eval()
+        self.model, info = AutoModelForMaskedLM.from_pretrained(
+            self.source, revision=self.revision, attn_implementation="eager", output_loading_info=True
+        )
+        self.model.eval()
+        # An encoder-only checkpoint (e.g. a sentence-transformers BERT) has no MLM head: those
+        # weights are initialised (seeded) and recorded, so answers from them are known noise.
+        self.initialised = sorted(info.get("missing_keys", []))
         model_type = self.model.config.model_type
         if model_type not in ARCHS:
             raise InputError(
@@ -207,7 +211,9 @@ class MaskedLMFamily(ExportFamily):
                 eos=tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id,
             ),
             decode=decode_record(tok),
-            source=source_record(self.source, self.revision, self.model),
+            source=source_record(
+                self.source, self.revision, self.model, initialised_weights=list(self.initialised)
+            ),
         )
 
     @torch.no_grad()

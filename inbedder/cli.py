@@ -41,14 +41,16 @@ def _split_lines(data: bytes | str, source: str) -> list[str]:
     return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
 
 
-def _read_texts(stream: TextIO | BinaryIO, fmt: str, source: str) -> tuple[list[str], list[str] | None]:
+def _read_texts(
+    stream: TextIO | BinaryIO, fmt: str, source: str
+) -> tuple[list[str], list[str | None] | None]:
     texts, instructions, _ = _read_records(stream, fmt, source)
     return texts, instructions
 
 
 def _read_records(
     stream: TextIO | BinaryIO, fmt: str, source: str
-) -> tuple[list[str], list[str] | None, list[int]]:
+) -> tuple[list[str], list[str | None] | None, list[int]]:
     """Texts, per-text instructions (or None) and the line number of each text."""
     lines = _split_lines(stream.read(), source)
     if fmt == "auto":
@@ -77,7 +79,7 @@ def _read_records(
         numbers.append(n)
     if all(i is None for i in instructions):
         return texts, None, numbers
-    return texts, [i if i is not None else "" for i in instructions], numbers
+    return texts, instructions, numbers  # None where a record has no instruction
 
 
 def _detect_format(lines: Sequence[str], source: str) -> str:
@@ -100,11 +102,11 @@ def _detect_format(lines: Sequence[str], source: str) -> str:
 
 
 def _check_unicode(
-    texts: Sequence[str], instructions: Sequence[str] | None, numbers: Sequence[int], source: str
+    texts: Sequence[str], instructions: Sequence[str | None] | None, numbers: Sequence[int], source: str
 ) -> None:
     """Texts with a lone surrogate (possible through a JSON escape) are rejected, naming the line."""
     for k, t in enumerate(texts):
-        for what, s in (("text", t), ("instruction", instructions[k] if instructions else "")):
+        for what, s in (("text", t), ("instruction", (instructions[k] if instructions else "") or "")):
             where = surrogate_at(s)
             if where is not None:
                 raise InputError(
@@ -161,7 +163,27 @@ class _Outputs:
         self.temps = []
 
 
+def _extra(module: str, extra: str, command: str) -> None:
+    """A command whose extra is not installed: one line naming the fix."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        missing = getattr(e, "name", None) or str(e)
+        fix = f"pip install 'inbedder[{extra}]'"
+        raise SystemExit(
+            f"inbedder {command}: needs the {extra} extra ({missing} is missing): {fix}"
+        ) from None
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
+    _extra("inbedder.export", "export", "export")
+    if not args.verbose:  # transformers' load reports and progress bars: only with -v
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
     from inbedder.export import export_bundle
 
     m = export_bundle(
@@ -178,6 +200,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if m.precision != "fp32":
         _print_gate(args.out_dir, m)
         return 0
+    initialised = m.source.get("initialised_weights") or []
+    if initialised:
+        print(
+            f"note: {args.model} has no weights for {len(initialised)} tensors of the "
+            f"{m.source.get('architecture')} (e.g. {initialised[0]}); they were initialised from a fixed "
+            "seed, so answers are noise; the embedding (the encoder's states) is the checkpoint's own",
+            file=sys.stderr,
+        )
     v = m.validation
     answers = (
         "" if v.get("answers_equal") is None else f", answers equal {v['answers_equal']}/{v.get('prompts')}"
@@ -201,6 +231,7 @@ def _print_gate(out: str, m: Manifest) -> None:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
+    _extra("inbedder.quantize", "quantize", "quantize")
     from inbedder.quantize import quantize_bundle
 
     calibration = None
@@ -242,9 +273,10 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         with path.open("rb") as fb:
             texts, per_text, numbers = _read_records(fb, args.format, source)
     _check_unicode(texts, per_text, numbers, source)
-    if per_text is not None and args.instruction is not None:
-        per_text = [i or args.instruction for i in per_text]
-    instruction = per_text if per_text is not None else (args.instruction or "")
+    given = args.instruction  # a record's own instruction wins, -i stands in for the others
+    instruction: str | list[str] = given or ""
+    if per_text is not None:
+        instruction = [i or given or "" for i in per_text]
     out = _npy_path(args.output)
     paths = [out] if args.answers is None else [out, Path(args.answers)]
     for path in paths:
@@ -256,8 +288,18 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     outputs = _Outputs(paths)
     try:
         emb = Embedder(args.model, device=args.device, threads=args.threads)
-        if args.instruction is None and per_text is None and emb.pipeline.answers:
-            raise SystemExit("-i/--instruction is required (or an 'instruction' field per JSONL record)")
+        if args.instruction is None and emb.pipeline.needs_instruction:
+            # The API's rule: an instruction must be given (-i, or one per JSONL record); -i "" is one.
+            if per_text is None:
+                raise SystemExit(
+                    f"-i/--instruction is required for this bundle ({emb.manifest.recipe}), or an "
+                    "'instruction' field in every JSONL record"
+                )
+            lacking = [numbers[k] for k, i in enumerate(per_text) if i is None]
+            if lacking:
+                raise SystemExit(
+                    f"{source}:{lacking[0]}: the record has no 'instruction' and no -i was given"
+                )
         show = False if args.quiet else args.progress
         options = {}
         if args.decode_steps is not None:
@@ -368,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--precision", choices=("fp32", "int8", "fp16"), default="fp32", help="quantize after export"
     )
+    e.add_argument("-v", "--verbose", action="store_true", help="show transformers' loading reports")
     e.set_defaults(func=_cmd_export)
 
     q = sub.add_parser("quantize", help="fp32 bundle -> int8 (CPU) / fp16 (CUDA) bundle, behind a gate")

@@ -165,6 +165,11 @@ class Embedder:
         """
         single = isinstance(texts, str)
         items = _check_texts([texts] if single else texts)
+        if instruction is None and prompt is None and self.pipeline.needs_instruction:
+            raise InputError(
+                f"this bundle ({self.manifest.recipe}) embeds a text under an instruction: pass "
+                'instruction= (or "" to embed under an empty one)'
+            )
         instructions = _check_instructions(
             _alias("instruction", instruction, "prompt", prompt, ""), len(items)
         )

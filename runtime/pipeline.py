@@ -92,6 +92,9 @@ class Pipeline:
 
     family: ClassVar[str] = ""
     answers: ClassVar[bool] = True  # whether the family produces answer strings
+    # Whether its recipes embed a text *under an instruction* (InBedder, INSTRUCTOR): then a call
+    # that gives none is refused (an explicit "" is accepted), by the API and the CLI alike.
+    needs_instruction: ClassVar[bool] = True
     # Per-call options: name -> default. A call's value wins, else the manifest's `options[name]`
     # (set at export), else this default. `check_option` validates each.
     options: ClassVar[Mapping[str, Any]] = {}

@@ -16,3 +16,4 @@ from .pipeline import EmbeddingGraphPipeline
 class SentenceEncoderPipeline(EmbeddingGraphPipeline):
     family = "sentence-encoder"
     recipes = ("sentence-embedding",)
+    needs_instruction = False  # the instruction is an optional query prefix

@@ -163,3 +163,24 @@ def test_version_and_help_texts(capsys):
         for action in parser._actions:
             if action.dest not in ("help",) and action.option_strings:
                 assert action.help, f"{name} {action.option_strings}"
+
+
+def test_missing_instruction_rule_is_the_same_in_api_and_cli(masked_bundle: Path, tmp_path: Path):
+    """Recipes that embed under an instruction refuse a call that gives none (an explicit "" is
+    one); a JSONL record without one, and no -i, is an error naming its line."""
+    from inbedder import InputError
+
+    emb = Embedder(masked_bundle)
+    with pytest.raises(InputError, match="embeds a text under an instruction: pass instruction="):
+        emb.encode(["ok"])
+    emb.encode(["ok"], "")  # explicit: accepted
+    src = tmp_path / "in.txt"
+    src.write_text("ok\n", encoding="utf-8")
+    args = ["embed", "-m", str(masked_bundle), str(src), "-o", str(tmp_path / "e.npy"), "-q"]
+    with pytest.raises(SystemExit, match="-i/--instruction is required for this bundle"):
+        main(args)
+    assert main([*args, "-i", ""]) == 0
+    rows = tmp_path / "in.jsonl"
+    rows.write_text('{"text": "a", "instruction": "Why?"}\n\n{"text": "b"}\n', encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"in\.jsonl:3: the record has no 'instruction' and no -i was given"):
+        main(["embed", "-m", str(masked_bundle), str(rows), "-o", str(tmp_path / "j.npy"), "-q"])

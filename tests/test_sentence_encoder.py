@@ -127,3 +127,8 @@ def test_cli_export_prints_the_recipe(minilm_st: Path, tmp_path: Path, capsys):
     np.testing.assert_allclose(
         np.load(tmp_path / "e.npy"), st_encode(minilm_st, ["I love cats!", "ok"], ""), atol=1e-5
     )
+
+
+def test_no_instruction_needed(minilm_bundle: Path):
+    emb = Embedder(minilm_bundle)
+    np.testing.assert_allclose(emb.encode(["ok"]), emb.encode(["ok"], ""), atol=0)
