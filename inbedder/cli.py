@@ -44,24 +44,27 @@ def _split_lines(data: bytes | str, source: str) -> list[str]:
 def _read_texts(
     stream: TextIO | BinaryIO, fmt: str, source: str
 ) -> tuple[list[str], list[str | None] | None]:
-    texts, instructions, _ = _read_records(stream, fmt, source)
+    texts, instructions, _, _ = _read_records(stream, fmt, source)
     return texts, instructions
 
 
 def _read_records(
     stream: TextIO | BinaryIO, fmt: str, source: str
-) -> tuple[list[str], list[str | None] | None, list[int]]:
-    """Texts, per-text instructions (or None) and the line number of each text."""
+) -> tuple[list[str], list[str | None] | None, list[int], tuple[str, int]]:
+    """Texts, per-text instructions (or None), the line number of each text, and (the format
+    read, the number of lines)."""
     lines = _split_lines(stream.read(), source)
     if fmt == "auto":
         fmt = _detect_format(lines, source)
     if fmt == "lines":
-        return lines, None, list(range(1, len(lines) + 1))
+        # Blank lines (empty, or spaces and tabs only) are skipped, as in JSONL; the summary counts them.
+        numbered = [(n, ln) for n, ln in enumerate(lines, 1) if not _blank(ln)]
+        return [ln for _, ln in numbered], None, [n for n, _ in numbered], (fmt, len(lines))
     texts: list[str] = []
     instructions: list[str | None] = []
     numbers: list[int] = []
     for n, line in enumerate(lines, 1):
-        if not line.strip():
+        if _blank(line):
             continue
         try:
             rec = json.loads(line)
@@ -78,8 +81,14 @@ def _read_records(
         instructions.append(instr)
         numbers.append(n)
     if all(i is None for i in instructions):
-        return texts, None, numbers
-    return texts, instructions, numbers  # None where a record has no instruction
+        return texts, None, numbers, (fmt, len(lines))
+    return texts, instructions, numbers, (fmt, len(lines))  # None where a record has no instruction
+
+
+def _blank(line: str) -> bool:
+    """A line with nothing to embed: empty, or spaces and tabs only (any other character, U+2028
+    or a form feed among them, is content)."""
+    return not line.strip(" \t")
 
 
 def _detect_format(lines: Sequence[str], source: str) -> str:
@@ -264,14 +273,15 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     if args.input == "-":
         source = "<stdin>"
-        texts, per_text, numbers = _read_records(getattr(sys.stdin, "buffer", sys.stdin), args.format, source)
+        stdin = getattr(sys.stdin, "buffer", sys.stdin)
+        texts, per_text, numbers, (fmt, nlines) = _read_records(stdin, args.format, source)
     else:
         path = Path(args.input)
         if not path.is_file():
             raise SystemExit(f"{path}: no such input file")
         source = str(path)
         with path.open("rb") as fb:
-            texts, per_text, numbers = _read_records(fb, args.format, source)
+            texts, per_text, numbers, (fmt, nlines) = _read_records(fb, args.format, source)
     _check_unicode(texts, per_text, numbers, source)
     given = args.instruction  # a record's own instruction wins, -i stands in for the others
     instruction: str | list[str] = given or ""
@@ -339,7 +349,12 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     finally:
         outputs.abort()
     if not args.quiet:
-        print(f"wrote {out}: {vecs.shape[0]} x {vecs.shape[1]} float32", file=sys.stderr)
+        blank = nlines - len(texts)
+        print(
+            f"wrote {out}: {vecs.shape[0]} x {vecs.shape[1]} float32 ({source} read as {fmt}"
+            f"{f', {blank} blank line(s) skipped' if blank else ''})",
+            file=sys.stderr,
+        )
     return 0
 
 

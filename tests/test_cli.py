@@ -28,9 +28,9 @@ def test_cli_export_then_embed_lines(tiny_roberta_dir: Path, tmp_path: Path, cap
     assert rc == 0
     vecs = np.load(out)
     want, answers = Embedder(bundle).encode(
-        ["I love cats!", "The flight was late.", ""], "What animal?", return_answers=True
+        ["I love cats!", "The flight was late."], "What animal?", return_answers=True
     )
-    assert vecs.dtype == np.float32 and vecs.shape == (3, 32)
+    assert vecs.dtype == np.float32 and vecs.shape == (2, 32)  # the blank line is skipped
     np.testing.assert_allclose(vecs, want, atol=1e-6)
     recs = [json.loads(line) for line in ans.read_text(encoding="utf-8").splitlines()]
     assert [r["answer"] for r in recs] == answers and recs[1]["text"] == "The flight was late."
@@ -184,3 +184,20 @@ def test_missing_instruction_rule_is_the_same_in_api_and_cli(masked_bundle: Path
     rows.write_text('{"text": "a", "instruction": "Why?"}\n\n{"text": "b"}\n', encoding="utf-8")
     with pytest.raises(SystemExit, match=r"in\.jsonl:3: the record has no 'instruction' and no -i was given"):
         main(["embed", "-m", str(masked_bundle), str(rows), "-o", str(tmp_path / "j.npy"), "-q"])
+
+
+def test_blank_lines_are_skipped_in_both_formats_and_counted(masked_bundle: Path, tmp_path: Path, capsys):
+    emb = Embedder(masked_bundle)
+    want = emb.encode(["a", "\u2029", "b"], "What?")  # U+2029 alone is content, not blank
+    for name, body in (
+        ("in.txt", "a\n\n  \t\n\u2029\nb\n"),
+        ("in.jsonl", '{"text": "a"}\n\n  \n{"text": "\u2029"}\n{"text": "b"}\n'),
+    ):
+        src = tmp_path / name
+        src.write_text(body, encoding="utf-8")
+        out = tmp_path / (name + ".npy")
+        assert main(["embed", "-m", str(masked_bundle), "-i", "What?", str(src), "-o", str(out)]) == 0
+        err = capsys.readouterr().err
+        fmt = "lines" if name.endswith(".txt") else "jsonl"
+        assert f"read as {fmt}, 2 blank line(s) skipped" in err, err
+        np.testing.assert_allclose(np.load(out), want, atol=1e-6)
