@@ -8,3 +8,24 @@ PY=${PYTHON:-python3}
 # Pin torch first: 2.13.0 is the CPU build; an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[export,test]"
+
+# ONNX Runtime headers for the native build (native/runtime): the C/C++ API headers of Debian
+# trixie's libonnxruntime-dev (API 21; they work with the wheel's newer library through the
+# versioned C API), unpacked into .cache/onnxruntime/include without installing the package.
+# The library itself is the onnxruntime wheel's (onnxruntime/capi/libonnxruntime.so.*).
+ORT_INC=.cache/onnxruntime/include
+if [ ! -f "$ORT_INC/onnxruntime_cxx_api.h" ]; then
+  tmp=$(mktemp -d) && chmod 755 "$tmp"  # apt's _apt user writes there
+  mkdir -p "$tmp/lists/partial"
+  echo 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main' >"$tmp/sources.list"
+  o="-o Dir::Etc::sourcelist=$tmp/sources.list -o Dir::Etc::sourceparts=- -o Dir::State::Lists=$tmp/lists"
+  # shellcheck disable=SC2086
+  apt-get $o -q update >/dev/null
+  # shellcheck disable=SC2086
+  (cd "$tmp" && apt-get $o -q download libonnxruntime-dev >/dev/null)
+  dpkg -x "$tmp"/libonnxruntime-dev_*.deb "$tmp/x"
+  mkdir -p "$ORT_INC"
+  cp -r "$tmp"/x/usr/include/onnxruntime/. "$ORT_INC"/
+  rm -rf "$tmp"
+fi
+# end of: ONNX Runtime headers for the native build
