@@ -8,17 +8,22 @@ except ImportError as e:  # pragma: no cover - depends on the installed extras
         f"inbedder.export needs the export extra ({e.name} is missing): pip install 'inbedder[export]'"
     ) from e
 
-from .core import EXPORTERS, detect_recipe, export_bundle
-from .specs import KNOWN_MODELS, RECIPES, Recipe
-from .validate import EMBEDDING_ATOL, ExportValidationError
+from inbedder.errors import ExportValidationError
+
+from .core import detect_recipe, export_bundle
+from .family import ExportFamily, families, known_models, recipes, register
+from .specs import Recipe
+from .validate import EMBEDDING_ATOL
 
 __all__ = [
     "EMBEDDING_ATOL",
-    "EXPORTERS",
-    "KNOWN_MODELS",
-    "RECIPES",
+    "ExportFamily",
     "ExportValidationError",
     "Recipe",
     "detect_recipe",
     "export_bundle",
+    "families",
+    "known_models",
+    "recipes",
+    "register",
 ]

@@ -1,82 +1,51 @@
 """`export_bundle`: a Hugging Face checkpoint (hub id or local directory) -> a validated bundle.
 
-Scope: choosing the recipe (explicit, known hub id, or detected from the checkpoint), handing the
-family's exporter a scratch directory, validating the result against PyTorch, and writing the
-bundle atomically with checksums and figures. Families plug in through `EXPORTERS`.
+Scope: the one build every family goes through (the family's load, its graphs traced, the
+tokenizer saved, its manifest), validation against the family's PyTorch reference through the
+runtime, and writing the bundle atomically with checksums and figures. Families plug in by
+declaring an `ExportFamily` (family.py); nothing here names one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from inbedder.runtime.bundle import Manifest, move_files, write_bundle
+from inbedder.errors import InputError
+from inbedder.onnxfile import CPU_SLOW_FUSIONS
+from inbedder.runtime import Embedder
+from inbedder.runtime.bundle import PRECISIONS, Manifest, Precision, move_files, write_bundle
+from inbedder.runtime.pipeline import pipeline_class
 
-from .specs import DEFAULT_RECIPE, KNOWN_MODELS, MASKED_LM_ARCHS, RECIPES, Recipe
+from .family import ExportFamily, resolve
+from .specs import Recipe
+from .trace import trace_to_onnx, versions
 from .validate import EMBEDDING_ATOL, validate
 
 DEFAULT_OPSET = 17
-# family -> module with `build(source, recipe, work, *, max_length, opset, revision)`
-EXPORTERS: dict[str, str] = {
-    "masked-lm": "inbedder.export.masked",
-    "encoder": "inbedder.export.instructor",
-    "causal-lm": "inbedder.export.causal",
-}
-
-
-def _read_config(source: str, revision: str | None) -> dict[str, Any]:
-    local = Path(source)
-    if local.is_dir():
-        cfg = local / "config.json"
-        return json.loads(cfg.read_text()) if cfg.is_file() else {}
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(source, revision=revision).to_dict()
-
-
-def _has_st_modules(source: str, revision: str | None) -> bool:
-    """A sentence-transformers layout (modules.json), as INSTRUCTOR checkpoints have."""
-    local = Path(source)
-    if local.is_dir():
-        return (local / "modules.json").is_file()
-    from huggingface_hub import file_exists
-
-    return bool(file_exists(source, "modules.json", revision=revision))
 
 
 def detect_recipe(source: str, revision: str | None = None) -> Recipe:
-    """The recipe for a checkpoint: a known hub id's, else its family's default."""
-    if source in KNOWN_MODELS:
-        return RECIPES[KNOWN_MODELS[source]]
-    cfg = _read_config(source, revision)
-    archs = cfg.get("architectures") or []
-    if cfg.get("model_type") == "t5" and _has_st_modules(source, revision):
-        return RECIPES[DEFAULT_RECIPE["encoder"]]
-    if cfg.get("model_type") in MASKED_LM_ARCHS or any(a.endswith("ForMaskedLM") for a in archs):
-        return RECIPES[DEFAULT_RECIPE["masked-lm"]]
-    if any(a.endswith("ForCausalLM") for a in archs):
-        return RECIPES[DEFAULT_RECIPE["causal-lm"]]
-    raise ValueError(
-        f"cannot tell which recipe fits {source} (model_type={cfg.get('model_type')!r}, "
-        f"architectures={archs}); pass recipe= (CLI: --recipe) one of {sorted(RECIPES)}"
-    )
+    """The recipe for a checkpoint: a known hub id's, else the default of the family it fits."""
+    return resolve(source, None, revision)[0]
 
 
-def _versions(opset: int) -> dict[str, Any]:
-    from importlib.metadata import version
-
-    out: dict[str, Any] = {"opset": opset}
-    for pkg in ("inbedder", "torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
-        try:
-            out[pkg] = version(pkg)
-        except Exception:
-            out[pkg] = None
-    return out
+def build(family: ExportFamily, work: Path, *, max_length: int | None, opset: int) -> tuple[Manifest, int]:
+    """Load, trace every graph and save the tokenizer into `work`; the manifest (no checksums
+    yet) and the token limit."""
+    family.load()
+    limit = family.max_length(max_length)
+    specs = {}
+    for g in family.graphs(limit):
+        spec = trace_to_onnx(g.module, g.args, work / g.file, g.inputs, g.outputs, g.axes, opset)
+        specs[g.role] = dataclasses.replace(
+            spec, fusion=g.fusion, cpu_disabled_optimizers=tuple(CPU_SLOW_FUSIONS)
+        )
+    family.tokenizer.backend_tokenizer.save(str(work / "tokenizer.json"))
+    manifest = family.manifest(specs, limit)
+    return dataclasses.replace(manifest, exporter=versions(opset)), limit
 
 
 def export_bundle(
@@ -89,39 +58,40 @@ def export_bundle(
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
     atol: float = EMBEDDING_ATOL,
-    precision: str = "fp32",
+    precision: Precision = "fp32",
     decode_steps: int | None = None,
 ) -> Manifest:
     """Export `model` to a bundle at `out_dir` and return its manifest.
 
     Raises `ExportValidationError` (nothing written) when the exported bundle disagrees with the
     PyTorch reference beyond `atol`. `precision` other than fp32 quantizes the validated fp32
-    export through the quantize stage.
+    export through the quantize stage. `decode_steps` (masked LMs) is stored as the bundle's
+    default number of unmasking passes.
     """
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    if recipe is not None and recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; known: {sorted(RECIPES)}")
-    spec = RECIPES[recipe] if recipe else detect_recipe(model, revision)
-    builder = importlib.import_module(EXPORTERS[spec.family])
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    spec, family_cls = resolve(model, recipe, revision)
+    family = family_cls(model, spec, revision)
+    # Per-bundle defaults of the runtime's per-call options (names checked now, values on the
+    # staged bundle).
+    defaults = {"decode_steps": decode_steps} if decode_steps is not None else {}
+    accepted = pipeline_class(family.name).options
+    for name in set(defaults) - set(accepted):
+        raise InputError(f"{name} does not apply to {family.name!r} bundles (accepted: {sorted(accepted)})")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     try:
-        manifest, reference = builder.build(
-            model, spec, work, max_length=max_length, opset=opset, revision=revision
-        )
-        manifest = dataclasses.replace(manifest, exporter=_versions(opset))
-        if decode_steps is not None:
-            # Validation runs the reference's single pass; the default for users is stored after.
-            if not isinstance(decode_steps, int) or decode_steps < 1:
-                raise ValueError(f"decode_steps must be a positive int, got {decode_steps!r}")
-            if manifest.family != "masked-lm":
-                raise ValueError(f"decode_steps applies to masked-LM bundles, not {manifest.family!r}")
-        # A scratch manifest lets the runtime run the scratch directory for validation.
+        manifest, limit = build(family, work, max_length=max_length, opset=opset)
+        # A scratch manifest lets the runtime run the scratch directory for validation (with the
+        # reference's own defaults: the per-bundle defaults are stored after).
         staged = write_bundle(work / "staged", manifest, lambda d: move_files(work, d))
-        figures = validate(work / "staged", reference, atol=atol)
-        options = {**staged.options, **({"decode_steps": decode_steps} if decode_steps else {})}
+        figures = validate(work / "staged", lambda t, i: family.reference(t, i, limit), atol=atol)
+        if defaults:
+            Embedder(work / "staged", verify=False).pipeline.resolve_options(defaults)
+        options = {**staged.options, **defaults}
         final = dataclasses.replace(staged, validation=figures.as_json(), options=options, files={})
         written = write_bundle(out, final, lambda d: move_files(work / "staged", d), overwrite=overwrite)
     finally:

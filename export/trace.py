@@ -1,7 +1,8 @@
-"""What every family's exporter shares: tracing a graph module to ONNX, and the source record.
+"""What every family's exporter shares: tracing a graph module to ONNX, and manifest records.
 
 Scope: one call of the TorchScript exporter with the project's settings (a `GraphSpec` back), and
-the manifest's `source` entry built from a loaded transformers model.
+the manifest entries built the same way for every family: `source` (from a loaded transformers
+model), `special_tokens`, `decode`, `exporter` (versions).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import onnx
 import torch
 
+from inbedder.errors import InputError
 from inbedder.onnxfile import save_graph
 from inbedder.runtime.bundle import GraphSpec
 
@@ -96,3 +98,26 @@ def decode_record(tokenizer: Any) -> dict[str, Any]:
         "clean_up_tokenization_spaces": bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)),
         "special_ids": sorted(int(i) for i in tokenizer.all_special_ids),
     }
+
+
+def versions(opset: int) -> dict[str, Any]:
+    """The manifest's `exporter`: versions of the packages that made the bundle, and the opset."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, Any] = {"opset": opset}
+    for pkg in ("inbedder", "torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def load_fast_tokenizer(source: Any, revision: str | None = None) -> Any:
+    """The checkpoint's tokenizer; a fast (`tokenizers`) one, since the bundle needs tokenizer.json."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+    if not getattr(tokenizer, "is_fast", False):
+        raise InputError(f"{source}: needs a fast (tokenizers) tokenizer to write tokenizer.json")
+    return tokenizer

@@ -8,15 +8,17 @@ run: tokenizer.json, prompt building, the graph and the pooling.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from inbedder.errors import ExportValidationError
 from inbedder.runtime.samples import VALIDATION_INSTRUCTIONS, VALIDATION_TEXTS
 
-from .reference import Reference
+from .reference import ReferenceOutput
 
 # Embeddings must agree to EMBEDDING_ATOL, relative to the larger of 1 and the reference's largest
 # magnitude (a roberta-large hidden state has components around 10: fp32 summation order alone
@@ -24,10 +26,6 @@ from .reference import Reference
 EMBEDDING_ATOL = 1e-4
 # An answer token may differ only where the reference's top-2 logits are this close (a tie).
 ANSWER_TIE_MARGIN = 1e-3
-
-
-class ExportValidationError(RuntimeError):
-    """The exported bundle disagrees with the PyTorch reference beyond the named tolerance."""
 
 
 @dataclass
@@ -53,21 +51,26 @@ class Figures:
         }
 
 
-def validate(bundle_dir: Path, reference: Reference, atol: float = EMBEDDING_ATOL) -> Figures:
+def validate(
+    bundle_dir: Path,
+    reference: Callable[[list[str], list[str]], ReferenceOutput],
+    atol: float = EMBEDDING_ATOL,
+) -> Figures:
+    """Run the bundle and `reference(texts, instructions)` on the built-in prompts and compare the
+    token ids each fed, the embeddings and the answers; raise `ExportValidationError` past `atol`."""
     from inbedder.runtime import Embedder
 
     texts, instructions = list(VALIDATION_TEXTS), list(VALIDATION_INSTRUCTIONS)
     emb = Embedder(bundle_dir, device="cpu", verify=False)
+    ref = reference(texts, instructions)
     ours = emb.pipeline.tokenize(texts, instructions, "reference")
-    theirs = reference.token_ids(texts, instructions)
-    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+    for i, (a, b) in enumerate(zip(ours, ref.token_ids, strict=True)):
         if a.ids != b:
             first = next((k for k, (x, y) in enumerate(zip(a.ids, b, strict=False)) if x != y), None)
             raise ExportValidationError(
                 f"tokenizer.json tokenizes validation prompt {i} differently from the checkpoint's "
                 f"tokenizer ({len(a.ids)} vs {len(b)} tokens; first difference at token {first})"
             )
-    ref = reference.run(texts, instructions)
     want_answers = emb.pipeline.answers and ref.answers is not None
     # Batch size 4 over 7 length-sorted prompts: padded batches of very different lengths.
     got = emb.encode(texts, instructions, batch_size=4, truncation="reference", return_answers=want_answers)

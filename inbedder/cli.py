@@ -16,7 +16,8 @@ from typing import TextIO
 
 import numpy as np
 
-from inbedder.runtime.bundle import Manifest  # stdlib-only module: cheap to import
+from inbedder.errors import InbedderError
+from inbedder.runtime.bundle import Manifest
 
 
 def _read_texts(stream: TextIO, fmt: str, source: str) -> tuple[list[str], list[str] | None]:
@@ -234,13 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI. A user's problem (every `InbedderError`, an existing output) is one line on
+    stderr and exit code 2; anything else is a bug and shows its traceback."""
     args = build_parser().parse_args(argv)
-    from inbedder.runtime.bundle import BundleError
-
     try:
         return int(args.func(args))
-    except (BundleError, FileExistsError, ValueError, TypeError, RuntimeError) as e:
-        # RuntimeError covers ExportValidationError and QuantizationRefused: their text has the figures.
+    except (InbedderError, FileExistsError) as e:
+        # ExportValidationError and QuantizationRefused carry the figures in their text.
         print(f"inbedder {args.command}: error: {e}", file=sys.stderr)
         return 2
 

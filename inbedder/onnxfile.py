@@ -22,6 +22,18 @@ ALIGNMENT = 1 << 16
 ALIGN_MIN_BYTES = 1 << 20  # smaller tensors are read, not mapped: packed, not padded
 EXTERNAL_MIN_BYTES = 1024  # smaller tensors (scalars, shapes) stay inside the graph
 
+# onnxruntime fusions whose CPU kernels are slower than the ops they replace (onnxruntime 1.32,
+# 2 threads: SkipLayerNormalization (8, 64, 1024) 1.23 ms vs Add + LayerNormalization 0.15 ms;
+# BiasGelu (8, 64, 4096) 1.62 ms vs Gelu with the bias folded into the int8 MatMul 0.55 ms;
+# bench/ops.py). Each session-time optimizer (what a graph's `cpu_disabled_optimizers` in the
+# manifest lists, so every CPU session of it leaves them out) -> the flags of
+# `onnxruntime.transformers.FusionOptions` that make the same fusion offline (what quantize turns
+# off when it fuses a graph for the CPU). CUDA keeps them.
+CPU_SLOW_FUSIONS: dict[str, tuple[str, ...]] = {
+    "SkipLayerNormFusion": ("enable_skip_layer_norm", "enable_bias_skip_layer_norm"),
+    "BiasGeluFusion": ("enable_bias_gelu",),
+}
+
 
 def data_name(graph_file: str) -> str:
     """The weights file that belongs to graph file `graph_file`."""

@@ -3,8 +3,10 @@
 Needs `onnx` (the `quantize` or `export` extra) besides the runtime.
 """
 
+from inbedder.errors import QuantizationRefused
+
 from .core import PRECISIONS, quantize_bundle
-from .gate import DEFAULT_MIN_COSINE, GateFigures, QuantizationRefused
+from .gate import DEFAULT_MIN_COSINE, GateFigures
 from .isa import cpu_features
 
 __all__ = [

@@ -3,9 +3,9 @@
 Scope: one fp32 ONNX file in, one converted file out, using onnxruntime's own tools
 (`onnxruntime.transformers.optimizer`, `onnxruntime.quantization.quantize_dynamic`,
 `onnxruntime.transformers.float16`), each written in the bundle layout
-(`inbedder.onnxfile`). Which fusion set applies comes from the bundle's
-`source.model_type` through `FUSION_MODEL_TYPES` (data, not special cases); an unknown type is
-quantized without fusions.
+(`inbedder.onnxfile`). Which fusion set applies is the graph's `fusion` in the manifest (the
+exporting family's declaration; None: no fusions), and which fusions a CPU graph leaves out is its
+`cpu_disabled_optimizers` (`inbedder.onnxfile.CPU_SLOW_FUSIONS`).
 """
 
 from __future__ import annotations
@@ -19,16 +19,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from inbedder.onnxfile import save_graph
-
-# transformers model_type -> onnxruntime.transformers optimizer model_type
-FUSION_MODEL_TYPES: dict[str, str] = {
-    "roberta": "bert",
-    "xlm-roberta": "bert",
-    "camembert": "bert",
-    "bert": "bert",
-    "t5": "t5",
-}
+from inbedder.onnxfile import CPU_SLOW_FUSIONS, save_graph
+from inbedder.runtime.bundle import GraphSpec
 
 # int8: weight MatMuls (incl. the LM head projection at the slots), the QKV projection of fused
 # Attention, and the token-embedding lookup table. Activation x activation MatMuls stay fp32
@@ -38,12 +30,6 @@ INT8_OP_TYPES = ("MatMul", "Attention", "Gather")
 # sum of 50k exponentials). Fused norms and attention accumulate in fp32 inside their kernels.
 FP16_FP32_OPS = ("LogSoftmax",)
 FP16_MAX = 65504.0
-# Fusions left out of CPU graphs: onnxruntime's CPU SkipLayerNormalization and BiasGelu kernels are
-# several times slower than Add + LayerNormalization and Gelu with the bias folded into the
-# preceding int8 MatMul (onnxruntime 1.32, (8, 64, 1024) on 2 threads: SkipLayerNorm 1.23 ms vs
-# LayerNormalization 0.15 ms; BiasGelu on (8, 64, 4096) 1.62 ms vs Gelu 0.55 ms; bench/ops.py).
-# CUDA keeps them.
-CPU_SKIPPED_FUSIONS = ("enable_skip_layer_norm", "enable_bias_skip_layer_norm", "enable_bias_gelu")
 
 
 def _op_counts(model: onnx.ModelProto) -> dict[str, int]:
@@ -51,22 +37,23 @@ def _op_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def fuse(
-    src: Path, dst: Path, source: Mapping[str, Any], *, use_gpu: bool = False
+    src: Path, dst: Path, graph: GraphSpec, source: Mapping[str, Any], *, use_gpu: bool = False
 ) -> tuple[bool, dict[str, int]]:
-    """Apply onnxruntime's transformer fusions (attention, GELU; skip layer norm and bias GELU only
-    for GPU graphs, see `CPU_SKIPPED_FUSIONS`) if the model type is known. Returns (fused?, the
+    """Apply onnxruntime's transformer fusions of the graph's `fusion` model type (none if None);
+    for the CPU, without those the graph's `cpu_disabled_optimizers` name. Returns (fused?, the
     fused-operator statistics)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    kind = FUSION_MODEL_TYPES.get(str(source.get("model_type")))
+    kind = graph.fusion
     if kind is None:
         save_graph(onnx.load(src), dst)
         return False, {}
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
     options = FusionOptions(kind)
-    for flag in () if use_gpu else CPU_SKIPPED_FUSIONS:
-        setattr(options, flag, False)
+    for optimizer in () if use_gpu else graph.cpu_disabled_optimizers:
+        for flag in CPU_SLOW_FUSIONS.get(optimizer, ()):
+            setattr(options, flag, False)
     opt = optimize_model(
         str(src),
         model_type=kind,

@@ -2,7 +2,8 @@
 
 Scope: converting every graph of the bundle (`convert.py`), staging the new bundle, running the
 gate against the source (`gate.py`) and writing the result atomically, or refusing with the
-figures. Nothing here depends on the model family beyond what the manifest says.
+figures. Nothing here depends on the model family beyond what the manifest says: which fusions
+fit each graph, and what the graphs are fed (the runtime pipeline's own `graph_feeds`).
 """
 
 from __future__ import annotations
@@ -12,20 +13,20 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from inbedder.errors import InputError
 from inbedder.onnxfile import data_name
-from inbedder.runtime import Embedder
+from inbedder.runtime import Embedder, cuda_available
 from inbedder.runtime.bundle import Manifest, load_manifest, move_files, write_bundle
 from inbedder.runtime.samples import calibration_pairs
-from inbedder.runtime.session import cuda_available
 
 from .convert import FP16_FP32_OPS, INT8_OP_TYPES, convert_fp16, fuse, overflowing_nodes, quantize_int8
 from .gate import DEFAULT_MIN_COSINE, GateFigures, QuantizationRefused, compare
 from .isa import cpu_features
 from .sensitivity import rank_end_to_end, rank_matmuls
 
-PRECISIONS = ("int8", "fp16")
+PRECISIONS: tuple[Literal["int8", "fp16"], ...] = ("int8", "fp16")
 MAX_FP32_FRACTION = 1 / 3  # int8 fallback keeps at most this share of weight MatMuls in fp32
 RANKING_TEXTS = 12  # calibration texts used to rank MatMuls by int8 error
 RANKING_CANDIDATES = 16  # MatMuls (largest local error) whose end-to-end effect is measured
@@ -37,7 +38,7 @@ def quantize_bundle(
     src: str | Path,
     out: str | Path,
     *,
-    precision: str = "int8",
+    precision: Literal["int8", "fp16"] = "int8",
     calibration: Sequence[tuple[str, str]] | None = None,
     min_cosine: float = DEFAULT_MIN_COSINE,
     reduce_range: bool | None = None,
@@ -55,19 +56,19 @@ def quantize_bundle(
     `_int8_with_fallback`); every attempt's figure is recorded.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if not 0.0 < min_cosine <= 1.0:
-        raise ValueError(f"min_cosine must be in (0, 1], got {min_cosine}")
+        raise InputError(f"min_cosine must be in (0, 1], got {min_cosine}")
     src, out = Path(src), Path(out)
     manifest = load_manifest(src)
     if manifest.precision != "fp32":
-        raise ValueError(f"{src}: quantize from an fp32 bundle (this one is {manifest.precision})")
+        raise InputError(f"{src}: quantize from an fp32 bundle (this one is {manifest.precision})")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     for g in manifest.graphs.values():
         size = sum(int(manifest.files[f]["bytes"]) for f in g.files)
         if size > MAX_QUANTIZE_BYTES:
-            raise ValueError(
+            raise InputError(
                 f"{src}: graph {g.file} holds {size / 2**30:.1f} GiB; graphs past 2 GiB (protobuf's "
                 "limit) cannot be quantized by this version yet"
             )
@@ -130,16 +131,6 @@ def _count(path: Path, op_type: str) -> int:
     return sum(n.op_type == op_type for n in onnx.load(path, load_external_data=False).graph.node)
 
 
-def _feeds(reference: Embedder, role: str, pairs: Sequence[tuple[str, str]], limit: int | None = None):
-    """Graph inputs for each calibration pair, when the graph is fed what `pad` builds (single-pass
-    graphs); None for graphs fed otherwise (e.g. decode steps with a cache)."""
-    pipe = reference.pipeline
-    encoded = pipe.tokenize([t for t, _ in pairs], [i for _, i in pairs], "input")[:limit]
-    if not set(reference.manifest.graphs[role].inputs) <= set(pipe.pad(encoded[:1])):
-        return None
-    return [pipe.feed(role, pipe.pad([e])) for e in encoded]
-
-
 def _int8_with_fallback(
     src: Path,
     manifest: Manifest,
@@ -160,7 +151,7 @@ def _int8_with_fallback(
     fused_dir.mkdir()
     fusion: dict[str, Any] = {}
     for role, graph in manifest.graphs.items():
-        fused, stats = fuse(src / graph.file, fused_dir / graph.file, manifest.source)
+        fused, stats = fuse(src / graph.file, fused_dir / graph.file, graph, manifest.source)
         fusion[role] = {"fused": fused, "fusions": stats}
     ladder: list[tuple[bool, int]] = [(per_channel, 0)]
     if fallback and not per_channel:
@@ -204,9 +195,10 @@ def _int8_with_fallback(
         if step == len(ladder) - 1 and not ranking:
             # Rank once, on the fused fp32 graphs: the MatMuls with the largest local int8
             # error are candidates; their end-to-end effect orders them.
+            recorded = reference.pipeline.graph_feeds(pairs[:RANKING_TEXTS])
             for role, graph in manifest.graphs.items():
-                feeds = _feeds(reference, role, pairs, limit=RANKING_TEXTS)
-                if feeds is not None:
+                feeds = recorded.get(role)
+                if feeds:
                     local = rank_matmuls(fused_dir / graph.file, feeds, per_channel=True, reduce_range=chosen)
                     weight_matmuls = max(
                         weight_matmuls, len(local) + _count(fused_dir / graph.file, "Attention")
@@ -234,14 +226,14 @@ def _to_fp16(
         "fp32_op_types": list(FP16_FP32_OPS),
         "graphs": {},
     }
+    recorded = reference.pipeline.graph_feeds(pairs)
     for role, graph in manifest.graphs.items():
         fused_path = work / "fp16-fused" / graph.file
         fused_path.parent.mkdir(exist_ok=True)
-        fused, stats = fuse(src / graph.file, fused_path, manifest.source, use_gpu=True)
-        # Overflow is measured on the fp32 graph where its inputs can be built from the
-        # calibration set; other graphs rely on the fp32 op list alone.
-        feeds = _feeds(reference, role, pairs)
-        keep = overflowing_nodes(fused_path, feeds) if feeds is not None else []
+        fused, stats = fuse(src / graph.file, fused_path, graph, manifest.source, use_gpu=True)
+        # Overflow is measured on the fp32 graph, fed what the runtime feeds it on the calibration
+        # set (every pass of a decode included).
+        keep = overflowing_nodes(fused_path, recorded.get(role, []))
         ops = convert_fp16(fused_path, work / graph.file, keep)
         shutil.rmtree(fused_path.parent)
         record["graphs"][role] = {"fused": fused, "fusions": stats, "ops": ops, "kept_fp32_nodes": keep}

@@ -13,13 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from inbedder.errors import InputError, QuantizationRefused
 from inbedder.runtime import Embedder
 
 DEFAULT_MIN_COSINE = 0.99
 
-
-class QuantizationRefused(RuntimeError):
-    """The converted bundle drifts from its fp32 source past the bound; nothing was written."""
+__all__ = ["DEFAULT_MIN_COSINE", "GateFigures", "QuantizationRefused", "compare"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ def compare(
     calibration: str = "built-in",
 ) -> GateFigures:
     if not pairs:
-        raise ValueError("the calibration set is empty")
+        raise InputError("the calibration set is empty")
     texts = [t for t, _ in pairs]
     instructions = [i for _, i in pairs]
     answers = source.pipeline.answers and candidate.pipeline.answers

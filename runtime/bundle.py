@@ -21,7 +21,9 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
+
+from inbedder.errors import BundleError
 
 MANIFEST_NAME = "inbedder.json"
 FORMAT_NAME = "inbedder-bundle"
@@ -29,8 +31,10 @@ FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
 
 
-class BundleError(Exception):
-    """A bundle is missing, incomplete, corrupted or of a format this runtime does not read."""
+Precision = Literal["fp32", "int8", "fp16"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+TruncationSide = Literal["left", "right"]
+TruncationStrategy = Literal["longest_first", "only_first", "only_second"]
 
 
 @dataclass(frozen=True)
@@ -52,9 +56,9 @@ class PromptSpec:
 
     def __post_init__(self) -> None:
         if len(self.segments) not in (1, 2):
-            raise ValueError(f"prompt needs 1 or 2 segments, got {len(self.segments)}")
+            raise BundleError(f"prompt needs 1 or 2 segments, got {len(self.segments)}")
         if self.answer_slots and not self.slot_token:
-            raise ValueError("answer_slots > 0 needs a slot_token")
+            raise BundleError("answer_slots > 0 needs a slot_token")
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,8 @@ class TruncationSpec:
     """
 
     max_length: int
-    side: str = "right"
-    strategy: str = "longest_first"
+    side: TruncationSide = "right"
+    strategy: TruncationStrategy = "longest_first"
 
 
 @dataclass(frozen=True)
@@ -77,13 +81,19 @@ class GraphSpec:
 
     `data` names the file holding the graph's weights (ONNX external data, found by onnxruntime
     through the graph itself; listed here so that readers know which files belong to which graph),
-    or None when the weights are inside `file`.
+    or None when the weights are inside `file`. `fusion` is the onnxruntime transformer-optimizer
+    model type that fits the graph ("bert", "t5"; None: no fusions), written by the exporter and
+    read by quantize. `cpu_disabled_optimizers` are onnxruntime session optimizers every CPU
+    session of this graph disables (the Python runtime passes them as `disabled_optimizers`, the
+    native one as "optimization.disable_specified_optimizers").
     """
 
     file: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     data: str | None = None
+    fusion: str | None = None
+    cpu_disabled_optimizers: tuple[str, ...] = ()
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -95,7 +105,7 @@ class GraphSpec:
 class Manifest:
     """Everything the runtime needs to turn texts into embeddings with this bundle."""
 
-    family: str  # selects the runtime pipeline: "masked-lm", "causal-lm", "encoder", ...
+    family: str  # selects the runtime pipeline: "masked-lm", "causal-lm", "instructor", ...
     recipe: str  # the reference procedure reproduced: "masked-answer", "instructor", ...
     prompt: PromptSpec
     truncation: TruncationSpec
@@ -105,7 +115,7 @@ class Manifest:
     postprocess: tuple[str, ...] = ()
     special_tokens: Mapping[str, int] = field(default_factory=dict)
     decode: Mapping[str, Any] = field(default_factory=dict)
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     source: Mapping[str, Any] = field(default_factory=dict)
     exporter: Mapping[str, Any] = field(default_factory=dict)
     validation: Mapping[str, Any] = field(default_factory=dict)
@@ -147,6 +157,8 @@ class Manifest:
                         inputs=tuple(g["inputs"]),
                         outputs=tuple(g["outputs"]),
                         data=g.get("data"),
+                        fusion=g.get("fusion"),
+                        cpu_disabled_optimizers=tuple(g.get("cpu_disabled_optimizers", ())),
                     )
                     for k, g in d["graphs"].items()
                 },

@@ -16,21 +16,20 @@ from typing import Any, Literal, overload
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import causal as _causal  # noqa: F401 - registers the causal-LM pipeline
-from . import encoder as _encoder  # noqa: F401 - registers the INSTRUCTOR-style pipeline
-from . import masked as _masked  # noqa: F401 - registers the masked-LM pipeline
+from inbedder.errors import BundleError, InputError, InputTypeError
+
 from .bundle import Manifest, load_manifest
 from .pipeline import Pipeline, pipeline_for
-from .prompt import TRUNCATION_MODES
-from .session import resolve_device
+from .prompt import TRUNCATION_MODES, TruncationMode
+from .session import Device, resolve_device
 
 
 def _check_texts(texts: object) -> list[str]:
     if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
-        raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
+        raise InputTypeError(f"texts must be a list of str, got {type(texts).__name__}")
     for i, t in enumerate(texts):
         if not isinstance(t, str):
-            raise TypeError(f"texts[{i}] must be str, got {type(t).__name__}")
+            raise InputTypeError(f"texts[{i}] must be str, got {type(t).__name__}")
     return list(texts)
 
 
@@ -38,14 +37,14 @@ def _check_instructions(instruction: object, n: int) -> list[str]:
     if isinstance(instruction, str):
         return [instruction] * n
     if isinstance(instruction, bytes) or not isinstance(instruction, Sequence):
-        raise TypeError(
+        raise InputTypeError(
             f"instruction must be a str or a list of str (one per text), got {type(instruction).__name__}"
         )
     if len(instruction) != n:
-        raise ValueError(f"got {len(instruction)} instructions for {n} texts; give one, or one per text")
+        raise InputError(f"got {len(instruction)} instructions for {n} texts; give one, or one per text")
     for i, s in enumerate(instruction):
         if not isinstance(s, str):
-            raise TypeError(f"instruction[{i}] must be str, got {type(s).__name__}")
+            raise InputTypeError(f"instruction[{i}] must be str, got {type(s).__name__}")
     return list(instruction)
 
 
@@ -60,7 +59,7 @@ def postprocess(emb: np.ndarray, steps: Sequence[str]) -> np.ndarray:
         elif step == "l2":
             emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         else:
-            raise ValueError(f"unknown post-processing step {step!r} in the manifest")
+            raise BundleError(f"unknown post-processing step {step!r} in the manifest")
     return emb.astype(np.float32, copy=False)
 
 
@@ -74,7 +73,7 @@ class Embedder:
     def __init__(
         self,
         bundle_dir: str | os.PathLike[str],
-        device: str = "cpu",
+        device: Device = "cpu",
         threads: int | None = None,
         *,
         verify: bool = True,
@@ -110,7 +109,7 @@ class Embedder:
         normalize: bool = False,
         show_progress_bar: bool | None = None,
         return_answers: bool = False,
-        truncation: str = "input",
+        truncation: TruncationMode = "input",
         **options: Any,
     ) -> np.ndarray | tuple[np.ndarray, list[str]]:
         """Embed `texts` under `instruction` (one string, or one per text).
@@ -119,23 +118,19 @@ class Embedder:
         model's answer for each text. Texts are batched by token length; results do not depend on
         `batch_size` or on which texts share a batch. `truncation`: "input" (cut the end of the
         text, keep template, instruction and answer slots) or "reference" (the published rule).
-        Family-specific options (e.g. `decode_steps`) are listed in `self.pipeline.options`.
+        Family-specific options (e.g. `decode_steps`) are listed in `self.pipeline.options`; one not
+        given takes the bundle's default (`manifest.options`), else the family's.
         """
         single = isinstance(texts, str)
         items = _check_texts([texts] if single else texts)
         instructions = _check_instructions(instruction, len(items))
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
         if truncation not in TRUNCATION_MODES:
-            raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
-        unknown = set(options) - set(self.pipeline.options)
-        if unknown:
-            raise TypeError(
-                f"unknown option(s) {sorted(unknown)} for a {self.manifest.family!r} bundle "
-                f"(accepted: {sorted(self.pipeline.options) or 'none'})"
-            )
+            raise InputError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
+        resolved = self.pipeline.resolve_options(options)
         if return_answers and not self.pipeline.answers:
-            raise ValueError(
+            raise InputError(
                 f"this bundle ({self.manifest.recipe}) embeds texts without answering; "
                 "return_answers=True is not available"
             )
@@ -150,9 +145,7 @@ class Embedder:
         if show_progress_bar is None:
             show_progress_bar = sys.stderr.isatty() and len(batches) > 1
         for idx in tqdm(batches, desc="embedding", unit="batch", disable=not show_progress_bar):
-            emb, ans = self.pipeline.embed_batch(
-                [encoded[i] for i in idx], want_answers=return_answers, **options
-            )
+            emb, ans = self.pipeline.embed_batch([encoded[i] for i in idx], return_answers, resolved)
             out[idx] = emb
             if ans is not None:
                 for i, a in zip(idx, ans, strict=True):

@@ -1,39 +1,56 @@
 """The pipeline a bundle family runs: tokenize -> run graph(s) -> pool, as small overridable steps.
 
-Scope: the base class every family's pipeline derives from (fastembed-style stages) and the
-registry that maps a manifest's `family` to its pipeline. The `Embedder` owns input checking,
-length-sorted batching, order restoring and post-processing; a pipeline sees one batch at a time.
+Scope: the base class every family's pipeline derives from (fastembed-style stages), the registry
+that maps a manifest's `family` to its pipeline, and the per-call options a family accepts. The
+`Embedder` owns input checking, length-sorted batching, order restoring and post-processing; a
+pipeline sees one batch at a time.
+
+A family named `F` lives in the module `inbedder.runtime.F` (dashes as underscores: `masked-lm`
+-> `masked_lm.py`), the same name as its exporter `inbedder.export.F`; the module is imported the
+first time a bundle of that family is opened, and its `Pipeline` subclass registers itself by
+declaring `family = "F"`. Adding a family adds that one module here, nothing else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+import importlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from .bundle import BundleError, Manifest
+from inbedder.errors import BundleError, InputError, InputTypeError
+
+from .bundle import Manifest
 from .prompt import Encoded, PromptTokenizer, pad_batch
 from .session import make_session
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
 
 
-def register(cls: type[Pipeline]) -> type[Pipeline]:
-    _REGISTRY[cls.family] = cls
-    return cls
+def module_name(family: str) -> str:
+    """The module (in `inbedder.runtime` and `inbedder.export`) that holds family `family`."""
+    return family.replace("-", "_")
 
 
 def pipeline_for(manifest: Manifest) -> type[Pipeline]:
-    try:
-        return _REGISTRY[manifest.family]
-    except KeyError:
-        raise BundleError(
-            f"bundle family {manifest.family!r} is not supported by this runtime "
-            f"(known: {', '.join(sorted(_REGISTRY))})"
-        ) from None
+    return pipeline_class(manifest.family)
+
+
+def pipeline_class(family: str) -> type[Pipeline]:
+    """The runtime pipeline of family `family` (its module imported on first use)."""
+    if family not in _REGISTRY and module_name(family).isidentifier():
+        try:
+            importlib.import_module(f"{__package__}.{module_name(family)}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.{module_name(family)}":
+                raise  # the module exists but something it imports is missing: a real error
+    if family not in _REGISTRY:
+        raise BundleError(f"bundle family {family!r} is not supported by this runtime (upgrade inbedder?)")
+    return _REGISTRY[family]
 
 
 # transformers' `clean_up_tokenization` (applied by its decode when the tokenizer asks for it).
@@ -43,27 +60,96 @@ _CLEANUPS = (
 )  # fmt: skip
 
 
+def positive_int(name: str, lo: int = 1, hi: int | None = None) -> Callable[[Any], int]:
+    """A checker for an integer option in lo..hi (used by families' `options`)."""
+
+    def check(value: Any) -> int:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < lo
+            or (hi is not None and value > hi)
+        ):
+            span = (
+                f"an int in {lo}..{hi}"
+                if hi is not None
+                else "a positive int"
+                if lo == 1
+                else f"an int >= {lo}"
+            )
+            raise InputError(f"{name} must be {span}, got {value!r}")
+        return value
+
+    return check
+
+
 class Pipeline:
     """Base pipeline: one tokenizer, one or more ONNX sessions, stages to override."""
 
     family: ClassVar[str] = ""
     answers: ClassVar[bool] = True  # whether the family produces answer strings
-    options: ClassVar[Mapping[str, Any]] = {}  # per-call options and their defaults
+    # Per-call options: name -> default. A call's value wins, else the manifest's `options[name]`
+    # (set at export), else this default. `check_option` validates each.
+    options: ClassVar[Mapping[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.family:
+            _REGISTRY[cls.family] = cls
 
     def __init__(self, root: Path, manifest: Manifest, device: str, threads: int | None):
-        self.root = root
         self.manifest = manifest
-        self.device = device
         self.tokenizer = Tokenizer.from_file(str(root / manifest.tokenizer_file))
         self.prompts = PromptTokenizer(self.tokenizer, manifest.prompt, manifest.truncation)
         self.sessions = {
-            role: make_session(root / g.file, device, threads) for role, g in manifest.graphs.items()
+            role: make_session(root / g.file, device, threads, g.cpu_disabled_optimizers)
+            for role, g in manifest.graphs.items()
         }
         self.pad_id = int(manifest.special_tokens.get("pad", 0))
+        self._recording: dict[str, list[dict[str, np.ndarray]]] | None = None
+
+    # -- options ----------------------------------------------------------------------------
+    def resolve_options(self, asked: Mapping[str, Any]) -> dict[str, Any]:
+        """Every option of the family: the call's value, else the manifest's, else the default."""
+        unknown = set(asked) - set(self.options)
+        if unknown:  # a TypeError, like an unexpected keyword argument
+            raise InputTypeError(
+                f"unknown option(s) {sorted(unknown)} for a {self.family!r} bundle "
+                f"(accepted: {sorted(self.options) or 'none'})"
+            )
+        out = {}
+        for name, default in self.options.items():
+            value = asked.get(name)
+            if value is None:
+                value = self.manifest.options.get(name, default)
+            out[name] = self.check_option(name, value)
+        return out
+
+    def check_option(self, name: str, value: Any) -> Any:
+        return value
 
     # -- stages ---------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], instructions: Sequence[str], truncation: str) -> list[Encoded]:
-        return [self.prompts.encode(t, i, truncation) for t, i in zip(texts, instructions, strict=True)]
+        encoded = [self.prompts.encode(t, i, truncation) for t, i in zip(texts, instructions, strict=True)]
+        rule = self.manifest.pooling.get("pool_start")
+        if not rule:
+            return encoded
+        starts: dict[str, int] = {}  # one count per distinct instruction
+        for i in instructions:
+            if i not in starts:
+                starts[i] = self.pool_start(i, rule)
+        return [
+            dataclasses.replace(e, pool_start=starts[i]) for e, i in zip(encoded, instructions, strict=True)
+        ]
+
+    def pool_start(self, instruction: str, rule: Mapping[str, Any]) -> int:
+        """The manifest's `pooling.pool_start` rule: the token count of the instruction encoded
+        alone (special tokens included; stripped first if `strip`) plus `offset` (-1 leaves its
+        closing special token pooled, as INSTRUCTOR and sentence-transformers count)."""
+        if rule.get("count") != "instruction":
+            raise BundleError(f"unknown pooling.pool_start rule {dict(rule)!r} in the manifest")
+        n = self.prompts.token_count(instruction.strip() if rule.get("strip") else instruction)
+        return max(n + int(rule.get("offset", 0)), 0)
 
     def feed(self, role: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The inputs graph `role` declares, taken from `arrays`."""
@@ -71,21 +157,55 @@ class Pipeline:
 
     def run(self, role: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = self.manifest.graphs[role]
-        outs = self.sessions[role].run(list(spec.outputs), self.feed(role, arrays))
+        feed = self.feed(role, arrays)
+        if self._recording is not None:
+            self._recording.setdefault(role, []).append(feed)
+        outs = self.sessions[role].run(list(spec.outputs), feed)
         return dict(zip(spec.outputs, outs, strict=True))
 
     def pad(self, batch: Sequence[Encoded]) -> dict[str, np.ndarray]:
         return pad_batch(batch, self.pad_id)
 
     def embed_batch(
-        self, batch: Sequence[Encoded], want_answers: bool, **options: Any
+        self, batch: Sequence[Encoded], want_answers: bool, options: Mapping[str, Any]
     ) -> tuple[np.ndarray, list[str] | None]:
-        """(B, D) float32 embeddings (before post-processing) and, if asked, B answer strings."""
+        """(B, D) float32 embeddings (before post-processing) and, if asked, B answer strings.
+        `options` are the resolved per-call options (`resolve_options`)."""
         raise NotImplementedError
 
-    def decode_answer(self, ids: Sequence[int]) -> str:
-        text = self.tokenizer.decode(list(map(int, ids)), skip_special_tokens=True)
+    def decode_answer(self, ids: Iterable[int]) -> str:
+        text = self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
         if self.manifest.decode.get("clean_up_tokenization_spaces"):
             for a, b in _CLEANUPS:
                 text = text.replace(a, b)
         return text
+
+    # -- what other stages need -------------------------------------------------------------
+    def graph_feeds(
+        self, pairs: Sequence[tuple[str, str]], **options: Any
+    ) -> dict[str, list[dict[str, np.ndarray]]]:
+        """Per graph role, the inputs of every call the graph gets while each (text, instruction)
+        pair is embedded alone: what quantize measures sensitivity and fp16 overflow on, for any
+        family (a decoder's prompt pass and its cached steps alike)."""
+        resolved = self.resolve_options(options)
+        self._recording = {}
+        try:
+            for text, instruction in pairs:
+                self.embed_batch(self.tokenize([text], [instruction], "input"), self.answers, resolved)
+            return self._recording
+        finally:
+            self._recording = None
+
+
+class EmbeddingGraphPipeline(Pipeline):
+    """Families whose graph pools and projects itself: one pass of graph "encoder", output
+    "embedding" (B, D); no answers. Which positions are pooled is `Encoded.pool_start`, set by
+    the prompt tokenizer from the manifest's `pooling.pool_start` rule."""
+
+    answers = False
+
+    def embed_batch(
+        self, batch: Sequence[Encoded], want_answers: bool, options: Mapping[str, Any]
+    ) -> tuple[np.ndarray, list[str] | None]:
+        out = self.run("encoder", self.pad(batch))
+        return out["embedding"].astype(np.float32, copy=False), None  # (B, D)

@@ -19,13 +19,17 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Literal, get_args
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from inbedder.errors import BundleError, InputError
+
 from .bundle import PromptSpec, TruncationSpec
 
-TRUNCATION_MODES = ("input", "reference")
+TruncationMode = Literal["input", "reference"]
+TRUNCATION_MODES: tuple[TruncationMode, ...] = get_args(TruncationMode)
 _PLACEHOLDER = re.compile(r"\{(input|instruction)\}")
 
 
@@ -37,7 +41,7 @@ class Encoded:
     type_ids: list[int]
     slots: list[int]  # positions of the answer slots in `ids` (empty when the recipe has none)
     truncated: bool
-    prefix: int = 0  # leading tokens left out of pooling (INSTRUCTOR's instruction)
+    pool_start: int = 0  # first position pooled: leading tokens (an instruction) left out
 
 
 def fill(template: str, text: str, instruction: str) -> tuple[str, tuple[int, int]]:
@@ -85,7 +89,7 @@ class PromptTokenizer:
         if prompt.slot_token is not None:
             sid = tokenizer.token_to_id(prompt.slot_token)
             if sid is None:
-                raise ValueError(f"slot token {prompt.slot_token!r} is not in the tokenizer's vocabulary")
+                raise BundleError(f"slot token {prompt.slot_token!r} is not in the tokenizer's vocabulary")
             self.slot_id = sid
         self.slot_suffix = (prompt.slot_token or "") * prompt.answer_slots
 
@@ -134,7 +138,7 @@ class PromptTokenizer:
 
     def encode(self, text: str, instruction: str, truncation: str = "input") -> Encoded:
         if truncation not in TRUNCATION_MODES:
-            raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
+            raise InputError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
         segs, span, where = self.segments(text, instruction)
         if truncation == "reference":
             enc = self._encode(self._ref, segs)
@@ -186,7 +190,7 @@ class PromptTokenizer:
             found = [i for i, t in enumerate(ids) if t == self.slot_id]
             slots = found[-self.prompt.answer_slots :]
             if len(slots) < self.prompt.answer_slots:
-                raise ValueError(
+                raise InputError(
                     f"truncation removed answer slots ({len(slots)} of {self.prompt.answer_slots} "
                     "left); use truncation='input' or a shorter instruction"
                 )
@@ -215,5 +219,5 @@ def pad_batch(batch: Sequence[Encoded], pad_id: int) -> dict[str, np.ndarray]:
         "attention_mask": mask,
         "token_type_ids": types,
         "slot_positions": slots,
-        "pool_start": np.array([e.prefix for e in batch], dtype=np.int64),
+        "pool_start": np.array([e.pool_start for e in batch], dtype=np.int64),
     }

@@ -7,17 +7,18 @@ fallback) when CUDA is asked for and cannot be had.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import onnxruntime as ort
 
-DEVICES = ("cpu", "cuda", "auto")
+from inbedder.errors import DeviceError, InputError
+
+Device = Literal["cpu", "cuda", "auto"]
+DEVICES: tuple[Device, ...] = get_args(Device)
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
-# onnxruntime's own session-time fusions that would undo what the quantizer left unfused for CPU
-# (`inbedder.quantize.convert.CPU_SKIPPED_FUSIONS`): its CPU SkipLayerNormalization and BiasGelu
-# kernels are slower than the ops they replace (int8 roberta-large, T=64 B=8: ~15% of a pass).
-CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion", "BiasGeluFusion")
 
 
 def cuda_available() -> bool:
@@ -26,11 +27,11 @@ def cuda_available() -> bool:
 
 def resolve_device(device: str) -> str:
     if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        raise InputError(f"device must be one of {DEVICES}, got {device!r}")
     if device == "auto":
         return "cuda" if cuda_available() else "cpu"
     if device == "cuda" and not cuda_available():
-        raise RuntimeError(
+        raise DeviceError(
             "device='cuda' was asked for but onnxruntime has no CUDAExecutionProvider "
             f"(available: {', '.join(ort.get_available_providers())}). Install onnxruntime-gpu "
             "(and not onnxruntime) on a machine with an NVIDIA GPU, or use device='cpu'."
@@ -39,9 +40,13 @@ def resolve_device(device: str) -> str:
 
 
 def make_session(
-    path: str | os.PathLike[str], device: str, threads: int | None = None
+    path: str | os.PathLike[str],
+    device: str,
+    threads: int | None = None,
+    cpu_disabled_optimizers: Sequence[str] = (),
 ) -> ort.InferenceSession:
-    """One inference session on the resolved device ("cpu" or "cuda")."""
+    """One inference session on the resolved device ("cpu" or "cuda"); on the CPU without the
+    session optimizers the bundle's manifest names for this graph."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Weights go straight to the device allocator rather than through the arena: lower resident
@@ -49,17 +54,17 @@ def make_session(
     opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
     if threads is not None:
         if not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+            raise InputError(f"threads must be a positive int or None, got {threads!r}")
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     providers = [_CUDA, _CPU] if device == "cuda" else [_CPU]
-    disabled = list(CPU_DISABLED_OPTIMIZERS) if device == "cpu" else []
+    disabled = list(cpu_disabled_optimizers) if device == "cpu" else []
     session = ort.InferenceSession(
         str(Path(path)), sess_options=opts, providers=providers, disabled_optimizers=disabled
     )
     if device == "cuda" and session.get_providers()[0] != _CUDA:
         # onnxruntime falls back to CPU when the CUDA libraries fail to load; we do not.
-        raise RuntimeError(
+        raise DeviceError(
             f"CUDAExecutionProvider could not be initialised for {path} (session providers: "
             f"{session.get_providers()}); check the CUDA/cuDNN libraries onnxruntime-gpu needs"
         )

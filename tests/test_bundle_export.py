@@ -148,21 +148,22 @@ def test_failed_validation_writes_nothing(tiny_roberta_dir: Path, tmp_path: Path
     """An exporter whose graph disagrees with PyTorch is refused with the largest difference."""
     import torch
 
+    import inbedder.export.core as core
     from inbedder.export import ExportValidationError, export_bundle
-    from inbedder.export import masked as masked_export
 
-    real = masked_export.export_graph
+    real = core.trace_to_onnx
 
-    def broken(model, *a, **kw):
+    def broken(module, *a, **kw):  # traces a graph whose first FFN differs from the reference's
+        weight = module.encoder.encoder.layer[0].output.dense.weight
         with torch.no_grad():
-            model.base_model.encoder.layer[0].output.dense.weight.mul_(1.5)
+            weight.mul_(1.5)
         try:
-            return real(model, *a, **kw)
+            return real(module, *a, **kw)
         finally:
             with torch.no_grad():
-                model.base_model.encoder.layer[0].output.dense.weight.div_(1.5)
+                weight.div_(1.5)
 
-    monkeypatch.setattr(masked_export, "export_graph", broken)
+    monkeypatch.setattr(core, "trace_to_onnx", broken)
     out = tmp_path / "bad"
     with pytest.raises(ExportValidationError, match=r"embeddings differ from the PyTorch reference by"):
         export_bundle(str(tiny_roberta_dir), out)

@@ -40,13 +40,23 @@ def reference(ckpt: Path, texts: list[str], max_new: int):
     )
     gen = out.sequences[:, enc["input_ids"].shape[1] :]
     states = [h[-1][:, -1] for h in out.hidden_states]  # state that produced generated token g
+    if len(states) == 1:
+        # generate stopped after one token: the published code would read hidden_states[1]; it is
+        # the state of the pass fed token 0, which a batch that went on would have computed.
+        ids = torch.cat([enc["input_ids"], gen[:, :1]], 1)
+        mask = torch.cat([enc["attention_mask"], torch.ones_like(gen[:, :1])], 1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        states.append(model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True)
+                      .hidden_states[-1][:, -1])  # fmt: skip
     fst = states[0]
     avg = []
     for n in range(len(texts)):
-        keep = [states[0][n]] + [
+        # lm_encoders_hf/causallm_encoder_hf.py: special-token mask over generated tokens 1.., the
+        # states hidden_states[1:] zipped with it; when all are special, hidden_states[1].
+        gen_states = [
             states[g][n] for g in range(1, gen.shape[1]) if int(gen[n, g]) not in tok.all_special_ids
         ]
-        avg.append(torch.stack(keep).mean(0))
+        avg.append(torch.stack([states[0][n], *(gen_states or [states[1][n]])]).mean(0))
     answers = tok.batch_decode(gen, skip_special_tokens=True)
     return fst.numpy(), torch.stack(avg).numpy(), answers, gen
 
@@ -92,9 +102,17 @@ def test_answers_and_vectors_match_generate(causal):
 def test_steps_after_the_first_feed_one_token(causal):
     _, _, root = causal
     emb = Embedder(root / "fst")
-    emb.encode(TEXTS, INSTRUCTION, max_new_tokens=3, batch_size=8)
-    prompt = max(len(e.ids) for e in emb.pipeline.tokenize(TEXTS, [INSTRUCTION] * 4, "input"))
-    assert emb.pipeline.steps_run[0] == prompt and emb.pipeline.steps_run[1:] == [1, 1]
+    feeds = emb.pipeline.graph_feeds([(t, INSTRUCTION) for t in TEXTS], max_new_tokens=3)["decoder"]
+    prompts = [len(e.ids) for e in emb.pipeline.tokenize(TEXTS, [INSTRUCTION] * len(TEXTS), "input")]
+    calls: list[list[tuple[int, int]]] = []  # per text: (tokens fed, attention length) of each call
+    for f in feeds:
+        if f["input_ids"].shape[1] > 1 or not calls:
+            calls.append([])
+        calls[-1].append((f["input_ids"].shape[1], f["attention_mask"].shape[1]))
+    assert len(calls) == len(TEXTS)
+    for p, c in zip(prompts, calls, strict=True):
+        assert c == [(p, p)] + [(1, p + k) for k in range(1, len(c))] and len(c) <= 3
+    assert max(len(c) for c in calls) == 3  # some answer used the whole budget
 
 
 def test_batch_and_padding_invariance(causal):
@@ -136,3 +154,40 @@ def test_cli_embed_with_max_new_tokens(causal, tmp_path: Path):
     want, answers = Embedder(root / "avg").encode(TEXTS, INSTRUCTION, max_new_tokens=6, return_answers=True)
     np.testing.assert_allclose(np.load(out), want, atol=1e-6)
     assert [json.loads(line)["answer"] for line in ans.read_text().splitlines()] == answers
+
+
+@pytest.mark.parametrize("family", ["opt", "llama"])
+def test_avg_gen_when_the_answer_ends_after_1_2_3_tokens(family: str, tmp_path: Path):
+    """avg_gen for answers that stop (EOS) after 1, 2 or 3 tokens, alone and in a mixed batch: the
+    published aggregation, including its fallback to the state of the pass fed the first token
+    when every later token is special (computed even when the decode stopped at once)."""
+    import tiny_causal
+
+    from inbedder.export import export_bundle
+
+    plain = tiny_causal.tiny_causal(tmp_path / "plain", family)
+    *_, gen = reference(plain, TEXTS, max_new=4)
+    # Make a token of text 0's answer EOS at position k: that answer then ends after k + 1 tokens.
+    for k in range(3):
+        eos = int(gen[0, k])
+        if eos in gen[0, :k].tolist():
+            continue
+        ckpt = tiny_causal.tiny_causal(tmp_path / f"ckpt{k}", family, eos_id=eos)
+        export_bundle(str(ckpt), tmp_path / f"avg{k}", recipe="causal-answer-avg")
+        emb = Embedder(tmp_path / f"avg{k}")
+        _, want_alone, ans_alone, g_alone = reference(ckpt, TEXTS[:1], max_new=4)
+        assert int(g_alone[0, k]) == eos  # the answer really ends after k + 1 tokens
+        got, answers = emb.encode(TEXTS[:1], INSTRUCTION, return_answers=True, max_new_tokens=4)
+        assert answers == ans_alone
+        np.testing.assert_allclose(got, want_alone, atol=1e-4, rtol=0)
+        _, want_mixed, ans_mixed, _ = reference(ckpt, TEXTS, max_new=4)
+        got, answers = emb.encode(TEXTS, INSTRUCTION, return_answers=True, max_new_tokens=4, batch_size=8)
+        assert answers == ans_mixed
+        np.testing.assert_allclose(got, want_mixed, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got[0], want_alone[0], atol=1e-4, rtol=0)  # never batch-dependent
+    # One new token: avg_gen still averages two states, never fst_gen alone.
+    emb = Embedder(tmp_path / "avg0")
+    fst1, avg1, _, _ = reference(tmp_path / "ckpt0", TEXTS, max_new=1)
+    got = emb.encode(TEXTS, INSTRUCTION, max_new_tokens=1)
+    np.testing.assert_allclose(got, avg1, atol=1e-4, rtol=0)
+    assert np.abs(avg1 - fst1).max() > 1e-3

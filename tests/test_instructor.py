@@ -74,17 +74,17 @@ def test_matches_the_recipe(instructor_bundle: Path, instructor_dir: Path):
 def test_mixed_instruction_lengths_in_one_batch_match_each_alone(instructor_bundle: Path):
     emb = Embedder(instructor_bundle)
     together = emb.encode(TEXTS, INSTRUCTIONS, batch_size=32)
-    starts = {e.prefix for e in emb.pipeline.tokenize(TEXTS, INSTRUCTIONS, "input")}
+    starts = {e.pool_start for e in emb.pipeline.tokenize(TEXTS, INSTRUCTIONS, "input")}
     assert len(starts) >= 3  # the batch really mixes different numbers of excluded tokens
     for n, (t, i) in enumerate(zip(TEXTS, INSTRUCTIONS, strict=True)):
         np.testing.assert_allclose(emb.encode([t], i)[0], together[n], atol=1e-5, rtol=0)
 
 
 def test_pool_start_is_a_runtime_input(instructor_bundle: Path):
-    """The excluded prefix is data: the same graph pools everything when fed pool_start = 0."""
+    """The excluded instruction is data: the same graph pools everything when fed pool_start = 0."""
     emb = Embedder(instructor_bundle)
     enc = emb.pipeline.tokenize(["I love cats!"], ["Represent the science title:"], "input")
-    assert enc[0].prefix == emb.pipeline.prompts.token_count("Represent the science title:") - 1 > 0
+    assert enc[0].pool_start == emb.pipeline.prompts.token_count("Represent the science title:") - 1 > 0
     arrays = emb.pipeline.pad(enc)
     excluded = emb.pipeline.run("encoder", arrays)["embedding"]
     arrays["pool_start"][:] = 0
@@ -94,10 +94,11 @@ def test_pool_start_is_a_runtime_input(instructor_bundle: Path):
 
 def test_manifest(instructor_bundle: Path):
     m = load_manifest(instructor_bundle)
-    assert m.family == "encoder" and m.recipe == "instructor" and m.embedding_dim == 24
+    assert m.family == "instructor" and m.recipe == "instructor" and m.embedding_dim == 24
     assert m.postprocess == ("l2",) and m.prompt.strip and m.prompt.answer_slots == 0
     assert m.graphs["encoder"].inputs == ("input_ids", "attention_mask", "pool_start")
-    assert m.pooling["exclude"] == "instruction" and m.pooling["prefix_offset"] == -1
+    assert m.pooling["pool_start"] == {"count": "instruction", "strip": True, "offset": -1}
+    assert m.graphs["encoder"].fusion == "t5"
     assert m.validation["passed"] and m.validation["answers_equal"] is None
 
 
@@ -114,7 +115,7 @@ def test_empty_instruction_and_empty_text(instructor_bundle: Path, instructor_di
     # An empty text leaves only the closing </s> to pool, as in the reference.
     v = emb.encode([""], "Represent the sentence:")
     assert (
-        emb.pipeline.tokenize([""], ["Represent the sentence:"], "input")[0].prefix
+        emb.pipeline.tokenize([""], ["Represent the sentence:"], "input")[0].pool_start
         == len(emb.pipeline.tokenize([""], ["Represent the sentence:"], "input")[0].ids) - 1
     )
     np.testing.assert_allclose(v, reference(instructor_dir, [""], ["Represent the sentence:"]), atol=1e-5)
@@ -158,7 +159,6 @@ def test_fp16_normal_and_overflowing(instructor_bundle: Path, instructor_dir: Pa
     from inbedder.export import export_bundle
     from inbedder.quantize import QuantizationRefused, quantize_bundle
     from inbedder.quantize.convert import fuse, overflowing_nodes
-    from inbedder.quantize.core import _feeds
     from inbedder.runtime.samples import calibration_pairs
 
     m = quantize_bundle(instructor_bundle, tmp_path / "fp16", precision="fp16")
@@ -173,8 +173,10 @@ def test_fp16_normal_and_overflowing(instructor_bundle: Path, instructor_dir: Pa
     save_file(weights, str(hot / "model.safetensors"), metadata={"format": "pt"})
     export_bundle(str(hot), tmp_path / "hot32")
     ref = Embedder(tmp_path / "hot32")
-    fuse(tmp_path / "hot32" / "model.onnx", tmp_path / "fused.onnx", ref.manifest.source, use_gpu=True)
-    kept = overflowing_nodes(tmp_path / "fused.onnx", _feeds(ref, "encoder", calibration_pairs()[:4]))
+    graph = ref.manifest.graphs["encoder"]
+    fuse(tmp_path / "hot32" / "model.onnx", tmp_path / "fused.onnx", graph, ref.manifest.source, use_gpu=True)
+    feeds = ref.pipeline.graph_feeds(calibration_pairs()[:4])["encoder"]
+    kept = overflowing_nodes(tmp_path / "fused.onnx", feeds)
     assert any("DenseReluDense/wo/MatMul" in k for k in kept), kept
     with pytest.raises(QuantizationRefused, match="fp16 bundle refused"):
         quantize_bundle(tmp_path / "hot32", tmp_path / "hot16", precision="fp16")

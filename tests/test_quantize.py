@@ -203,7 +203,7 @@ def test_cpu_sessions_keep_layer_norm_and_gelu_unfused(int8_bundle: Path, tmp_pa
     optimizers stop that."""
     import onnxruntime as ort
 
-    from inbedder.runtime.session import CPU_DISABLED_OPTIMIZERS
+    from inbedder.runtime.bundle import load_manifest as read
 
     def session_ops(disabled: list[str]) -> list[str]:
         opts = ort.SessionOptions()
@@ -220,7 +220,9 @@ def test_cpu_sessions_keep_layer_norm_and_gelu_unfused(int8_bundle: Path, tmp_pa
         return [n.op_type for n in nodes] + gelu_inputs
 
     assert "SkipLayerNormalization" in session_ops([])
-    ours = session_ops(list(CPU_DISABLED_OPTIMIZERS))
+    disabled = read(int8_bundle).graphs["encoder"].cpu_disabled_optimizers
+    assert set(disabled) == {"SkipLayerNormFusion", "BiasGeluFusion"}  # the manifest carries them
+    ours = session_ops(list(disabled))
     assert "SkipLayerNormalization" not in ours and "BiasGelu" not in ours
     assert ours.count("LayerNormalization") == 6 and "Gelu" in ours
     # The int8 MatMuls still fuse, each FFN bias folded into its DynamicQuantizeMatMul.

@@ -1,11 +1,15 @@
-"""Causal-LM answer embedders (recipe `causal-answer`): a short greedy decode with a KV cache.
+"""Causal-LM answer embedders (recipes `causal-answer`, `causal-answer-avg`): a short greedy
+decode with a KV cache.
 
 Scope: left-pad the prompts (as the reference), run the decoder graph once over the prompt with an
 empty cache, then feed one token per step with the cache the previous call returned, until every
 text has emitted EOS or `max_new_tokens` tokens. As in `generate`, a finished text keeps being fed
 the pad token (masked in), and its answer is the tokens up to its EOS. Pooling (manifest):
-`fst_gen` = the last prompt token's state; `avg_gen` = mean of that state and the states of the
-generated tokens followed by a non-special token.
+`fst_gen` = s_0, the state of the last prompt token; `avg_gen` = mean of s_0 and every s_g
+(g >= 1: the state of the pass fed generated token g-1) whose token g is not special. When no s_g
+qualifies (a one-token answer, or EOS at once), the published code uses s_1: mean(s_0, s_1).
+That pass is run even when the decode stopped after its first token, so a text's vector never
+depends on whether its batch went on decoding.
 """
 
 from __future__ import annotations
@@ -15,16 +19,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .pipeline import Pipeline, register
+from .pipeline import Pipeline, positive_int
 from .prompt import Encoded
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
-@register
 class CausalAnswerPipeline(Pipeline):
     family = "causal-lm"
-    options: ClassVar[Mapping[str, Any]] = {"max_new_tokens": None}  # None: the manifest's
+    options: ClassVar[Mapping[str, Any]] = {"max_new_tokens": 3}
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -34,7 +37,9 @@ class CausalAnswerPipeline(Pipeline):
         self.special = set(self.manifest.decode.get("special_ids", [])) | {self.eos, self.pad_id}
         sess = self.sessions["decoder"]
         self.past_dtype = _DTYPES[next(i.type for i in sess.get_inputs() if i.name.startswith("past_"))]
-        self.steps_run: list[int] = []  # input lengths fed per graph call (the last encode)
+
+    def check_option(self, name: str, value: Any) -> Any:
+        return positive_int(name)(value)
 
     def pad(self, batch: Sequence[Encoded]) -> dict[str, np.ndarray]:
         """Left padding: every prompt ends at the last column, where the answer starts."""
@@ -46,16 +51,11 @@ class CausalAnswerPipeline(Pipeline):
             mask[i, longest - len(e.ids) :] = 1
         return {"input_ids": ids, "attention_mask": mask}
 
-    def max_new_tokens(self, asked: int | None) -> int:
-        n = asked if asked is not None else int(self.manifest.options.get("max_new_tokens", 3))
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"max_new_tokens must be a positive int, got {n!r}")
-        return n
-
     def embed_batch(
-        self, batch: Sequence[Encoded], want_answers: bool, **options: Any
+        self, batch: Sequence[Encoded], want_answers: bool, options: Mapping[str, Any]
     ) -> tuple[np.ndarray, list[str] | None]:
-        budget = self.max_new_tokens(options.get("max_new_tokens"))
+        budget = options["max_new_tokens"]
+        avg = self.manifest.pooling.get("type") == "avg_gen"
         arrays = self.pad(batch)
         b = len(batch)
         mask = arrays["attention_mask"]
@@ -64,18 +64,19 @@ class CausalAnswerPipeline(Pipeline):
         empty = np.zeros((b, self.kv_heads, 0, self.head_dim), dtype=self.past_dtype)
         past = {f"past_{k}_{i}": empty for i in range(self.layers) for k in ("key", "value")}
         feed = {"input_ids": arrays["input_ids"], "attention_mask": mask, "position_ids": position, **past}
-        self.steps_run = []
-        states: list[np.ndarray] = []  # per call: (B, H') state that produced the next token
-        tokens: list[np.ndarray] = []  # per call: (B,) the token chosen
+        states: list[np.ndarray] = []  # per pass g: (B, H') s_g, the state that chose token g
+        tokens: list[np.ndarray] = []  # per pass g: (B,) token g
         done = np.zeros(b, dtype=bool)
-        for step in range(budget):
-            self.steps_run.append(feed["input_ids"].shape[1])
+        while True:
             out = self.run("decoder", feed)
-            nxt = np.where(done, self.pad_id, out["logits"].argmax(-1))  # (B,)
             states.append(out["last_hidden"].astype(np.float32))
+            if len(tokens) == budget:
+                break  # the extra pass for avg_gen's s_1 (below): its token is not part of the answer
+            nxt = np.where(done, self.pad_id, out["logits"].argmax(-1))  # (B,)
             tokens.append(nxt)
             done |= nxt == self.eos
-            if done.all() or step == budget - 1:
+            finished = done.all() or len(tokens) == budget
+            if finished and not (avg and len(states) == 1):
                 break
             mask = np.concatenate([mask, np.ones((b, 1), dtype=np.int64)], axis=1)
             position = position[:, -1:] + 1
@@ -85,13 +86,16 @@ class CausalAnswerPipeline(Pipeline):
                 "position_ids": position,
                 **{n.replace("present", "past"): out[n] for n in out if n.startswith("present_")},
             }
+            if finished:
+                budget = len(tokens)  # one more pass for s_1, then stop
         gen = np.stack(tokens, axis=1)  # (B, G)
-        emb = states[0]
-        if self.manifest.pooling.get("type") == "avg_gen":
-            # State g (computed on generated token g-1) counts when token g is not special.
+        emb = states[0]  # (B, H'): fst_gen
+        if avg:
+            stack = np.stack(states[: gen.shape[1]], axis=1)  # (B, G, H'): s_0 .. s_{G-1}
             keep = np.array([[t not in self.special for t in row] for row in gen], dtype=np.float32)  # (B, G)
-            keep[:, 0] = 1.0  # the fst state always counts
-            stack = np.stack(states, axis=1)  # (B, G, H')
+            keep[:, 0] = 1.0  # s_0 always counts
+            lone = keep[:, 1:].sum(1) == 0  # (B,): no s_g (g >= 1) counts -> mean(s_0, s_1)
             emb = (stack * keep[:, :, None]).sum(1) / keep.sum(1, keepdims=True)
+            emb[lone] = (states[0][lone] + states[1][lone]) / 2
         answers = [self.decode_answer(row) for row in gen] if want_answers else None
         return emb, answers

@@ -19,28 +19,25 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .pipeline import Pipeline, register
+from .pipeline import Pipeline, positive_int
 from .prompt import Encoded
 
 
-@register
 class MaskedAnswerPipeline(Pipeline):
     family = "masked-lm"
-    options: ClassVar[Mapping[str, Any]] = {"decode_steps": None}  # None: the manifest's, else 1
+    options: ClassVar[Mapping[str, Any]] = {"decode_steps": 1}
 
-    def decode_steps(self, asked: int | None, slots: int) -> int:
-        k = asked if asked is not None else int(self.manifest.options.get("decode_steps", 1))
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= slots + 1:
-            raise ValueError(f"decode_steps must be an int in 1..{slots + 1} (slots + 1), got {k!r}")
-        return k
+    def check_option(self, name: str, value: Any) -> Any:
+        # k passes fill at most one slot each before the last: 1..S+1 (slots + 1)
+        return positive_int(name, 1, self.manifest.prompt.answer_slots + 1)(value)
 
     def embed_batch(
-        self, batch: Sequence[Encoded], want_answers: bool, **options: Any
+        self, batch: Sequence[Encoded], want_answers: bool, options: Mapping[str, Any]
     ) -> tuple[np.ndarray, list[str] | None]:
         arrays = self.pad(batch)
         slots = arrays["slot_positions"]  # (B, S)
         b, s = slots.shape
-        steps = self.decode_steps(options.get("decode_steps"), s)
+        steps = options["decode_steps"]
         rows = np.arange(b)
         filled = np.zeros((b, s), dtype=bool)
         chosen = np.zeros((b, s), dtype=np.int64)  # token written into each filled slot
