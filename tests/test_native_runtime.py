@@ -102,7 +102,9 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, masked_bundle: Path, pair_
                 # some rows end inside the budget, some do not.
                 ckpt = _causal_with_eos(root, family)
             out = root / base
-            export_bundle(str(ckpt), out, recipe="causal-answer-avg" if base.endswith("avg") else None)
+            # max_length below the model's 256 positions: room for the answer after a full prompt.
+            recipe = "causal-answer-avg" if base.endswith("avg") else None
+            export_bundle(str(ckpt), out, recipe=recipe, max_length=128)
         elif base == "instructor":
             import tiny_t5
 
@@ -141,7 +143,7 @@ def _causal_with_eos(root: Path, family: str) -> Path:
 def _export_plain(ckpt: Path, out: Path) -> Path:
     from inbedder.export import export_bundle
 
-    export_bundle(str(ckpt), out)
+    export_bundle(str(ckpt), out, max_length=128)
     return out
 
 

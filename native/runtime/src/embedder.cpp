@@ -71,19 +71,7 @@ EncodeResult Embedder::encode(const std::vector<std::string>& texts,
   if (params.truncation != "input" && params.truncation != "reference")
     throw ValueError("truncation must be one of ('input', 'reference'), got '" + params.truncation +
                      "'");
-  std::vector<std::string> accepted = pipeline_->option_names();
-  std::set<std::string> unknown;
-  for (const auto& [name, value] : params.family)
-    if (std::find(accepted.begin(), accepted.end(), name) == accepted.end()) unknown.insert(name);
-  if (!unknown.empty()) {
-    std::string u, a;
-    for (const auto& s : unknown) u += (u.empty() ? "'" : ", '") + s + "'";
-    std::sort(accepted.begin(), accepted.end());
-    for (const auto& s : accepted) a += (a.empty() ? "'" : ", '") + s + "'";
-    throw OptionError("unknown option(s) [" + u + "] for a '" + manifest_.family +
-                      "' bundle (accepted: " + (a.empty() ? std::string("none") : "[" + a + "]") +
-                      ")");
-  }
+  FamilyOptions resolved = pipeline_->resolve_options(params.family);
   if (params.answers && !pipeline_->answers())
     throw UnsupportedError(
         "this bundle (" + manifest_.recipe +
@@ -110,7 +98,7 @@ EncodeResult Embedder::encode(const std::vector<std::string>& texts,
     for (std::size_t i : idx) batch.push_back(&encoded[i]);
     buf.assign(idx.size() * r.dim, 0.f);  // (B, D)
     std::vector<std::string> ans;
-    pipeline_->embed_batch(batch, params.answers, params.family, buf.data(),
+    pipeline_->embed_batch(batch, params.answers, resolved, buf.data(),
                            params.answers ? &ans : nullptr);
     for (std::size_t j = 0; j < idx.size(); ++j) {
       std::copy_n(buf.begin() + long(j * r.dim), r.dim, r.vectors.begin() + long(idx[j] * r.dim));

@@ -15,13 +15,12 @@ const Ort::MemoryInfo& cpu_memory() {
 
 struct Family {
   const char* name;
-  std::unique_ptr<Pipeline> (*make)(const std::string&, const Manifest&, const std::string&, int);
+  Factory make;
 };
-// Sorted by name (the error message lists them in this order).
-const Family kFamilies[] = {{"causal-lm", make_causal},
+const Family kFamilies[] = {{"causal-lm", make_causal_lm},
                             {"instructor", make_instructor},
-                            {"masked-lm", make_masked},
-                            {"sentence-encoder", make_instructor}};
+                            {"masked-lm", make_masked_lm},
+                            {"sentence-encoder", make_sentence_encoder}};
 
 }  // namespace
 
@@ -103,7 +102,100 @@ std::vector<Encoded> Pipeline::tokenize(const std::vector<std::string>& texts,
   out.reserve(texts.size());
   for (std::size_t i = 0; i < texts.size(); ++i)
     out.push_back(prompts_->encode(texts[i], instructions[i], truncation));
+  auto it = manifest_.pooling.find("pool_start");
+  if (it == manifest_.pooling.end() || it->is_null() || (it->is_object() && it->empty()))
+    return out;
+  std::map<std::string, long long> starts;  // one count per distinct instruction
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    auto s = starts.find(instructions[i]);
+    if (s == starts.end())
+      s = starts.emplace(instructions[i], pool_start(instructions[i], *it)).first;
+    out[i].pool_start = s->second;
+  }
   return out;
+}
+
+long long Pipeline::pool_start(const std::string& instruction,
+                               const nlohmann::ordered_json& rule) const {
+  // The token count of the instruction encoded alone (special tokens included; stripped first
+  // if `strip`) plus `offset` (-1 leaves its closing special token pooled, as INSTRUCTOR and
+  // sentence-transformers count).
+  if (!rule.is_object() || !rule.contains("count") || rule["count"] != "instruction")
+    throw BundleError("unknown pooling.pool_start rule " + py_repr(rule) + " in the manifest");
+  bool strip = rule.contains("strip") && rule["strip"].is_boolean() && rule["strip"].get<bool>();
+  long long offset = rule.contains("offset") && rule["offset"].is_number_integer()
+                         ? rule["offset"].get<long long>()
+                         : 0;
+  std::size_t n = prompts_->token_count(strip ? py_strip(instruction) : instruction);
+  return std::max<long long>((long long)n + offset, 0);
+}
+
+long long positive_int(const std::string& name, const nlohmann::ordered_json& value, long long lo,
+                       std::optional<long long> hi) {
+  bool ok = value.is_number_integer() && value.get<long long>() >= lo &&
+            (!hi || value.get<long long>() <= *hi);
+  if (!ok) {
+    std::string span = hi        ? "an int in " + std::to_string(lo) + ".." + std::to_string(*hi)
+                       : lo == 1 ? std::string("a positive int")
+                                 : "an int >= " + std::to_string(lo);
+    throw ValueError(name + " must be " + span + ", got " + py_repr(value));
+  }
+  return value.get<long long>();
+}
+
+long long Pipeline::check_option(const std::string&, long long value) const { return value; }
+
+FamilyOptions Pipeline::resolve_options(const FamilyOptions& asked) const {
+  auto opts = options();
+  std::vector<std::string> names, unknown;
+  for (const auto& [n, d] : opts) names.push_back(n);
+  for (const auto& [n, v] : asked)
+    if (std::find(names.begin(), names.end(), n) == names.end()) unknown.push_back(n);
+  if (!unknown.empty()) {
+    auto list = [](std::vector<std::string> v) {
+      std::sort(v.begin(), v.end());
+      std::string s;
+      for (const auto& x : v) s += (s.empty() ? "'" : ", '") + x + "'";
+      return "[" + s + "]";
+    };
+    throw OptionError("unknown option(s) " + list(unknown) + " for a " + py_repr(family()) +
+                      " bundle (accepted: " + (names.empty() ? std::string("none") : list(names)) +
+                      ")");
+  }
+  FamilyOptions out;
+  for (const auto& [name, dflt] : opts) {
+    auto a = asked.find(name);
+    if (a != asked.end()) {
+      out[name] = check_option(name, a->second);
+      continue;
+    }
+    auto m = manifest_.options.find(name);
+    if (m != manifest_.options.end() && !m->is_null()) {
+      if (!m->is_number_integer() || m->is_boolean())
+        out[name] = check_option(name, positive_int(name, *m, 1, std::nullopt));
+      else
+        out[name] = check_option(name, m->get<long long>());
+    } else {
+      out[name] = check_option(name, dflt);
+    }
+  }
+  return out;
+}
+
+void EmbeddingGraphPipeline::embed_batch(const std::vector<const Encoded*>& batch, bool,
+                                         const FamilyOptions&, float* out,
+                                         std::vector<std::string>*) const {
+  auto arrays = pad(batch);
+  std::map<std::string, Ort::Value> feed;
+  for (auto& [name, tensor] : arrays) feed.emplace(name, tensor.value());
+  Outputs o = run("encoder", feed);
+  const Ort::Value& e = o.at("embedding");  // (B, D)
+  std::vector<int64_t> shape = shape_of(e);
+  if (shape.size() != 2 || shape[1] != manifest_.embedding_dim)
+    throw BundleError("the graph's embedding output has width " + std::to_string(shape.back()) +
+                      ", the manifest says " + std::to_string(manifest_.embedding_dim));
+  std::vector<float> v = to_float(e);
+  std::copy(v.begin(), v.end(), out);
 }
 
 Outputs Pipeline::run(const std::string& role, std::map<std::string, Ort::Value>& inputs) const {
@@ -164,13 +256,10 @@ std::string Pipeline::decode_answer(const std::vector<int64_t>& ids) const {
 
 std::unique_ptr<Pipeline> make_pipeline(const std::string& root, const Manifest& manifest,
                                         const std::string& device, int threads) {
-  std::string known;
-  for (const auto& f : kFamilies) {
+  for (const auto& f : kFamilies)
     if (manifest.family == f.name) return f.make(root, manifest, device, threads);
-    known += (known.empty() ? "" : ", ") + std::string(f.name);
-  }
-  throw BundleError("bundle family '" + manifest.family +
-                    "' is not supported by this runtime (known: " + known + ")");
+  throw BundleError("bundle family " + py_repr(manifest.family) +
+                    " is not supported by this runtime (upgrade inbedder?)");
 }
 
 }  // namespace inbedder

@@ -1,4 +1,4 @@
-// Causal-LM answer embedders (recipes causal-answer, causal-answer-avg), as runtime/causal.py:
+// Causal-LM answer embedders (recipes causal-answer, causal-answer-avg), as runtime/causal_lm.py:
 // left-pad the prompts (as the reference), run the graph "decoder" once over the prompt with an
 // empty KV cache, then feed one token per step with the cache the previous call returned, until
 // every text has emitted EOS or max_new_tokens tokens. A finished text keeps being fed the pad
@@ -45,25 +45,18 @@ class CausalAnswerPipeline : public Pipeline {
     avg_ = manifest_.pooling.contains("type") && manifest_.pooling["type"] == "avg_gen";
   }
 
-  std::vector<std::string> option_names() const override { return {"max_new_tokens"}; }
+  std::vector<std::pair<std::string, long long>> options() const override {
+    return {{"max_new_tokens", 3}};
+  }
 
-  long long max_new_tokens(const FamilyOptions& options) const {
-    long long n = 3;
-    auto it = options.find("max_new_tokens");
-    if (it != options.end()) {
-      n = it->second;
-    } else if (manifest_.options.contains("max_new_tokens")) {
-      const auto& v = manifest_.options["max_new_tokens"];
-      n = v.is_number_integer() ? v.get<long long>() : -1;
-    }
-    if (n < 1) throw ValueError("max_new_tokens must be a positive int, got " + std::to_string(n));
-    return n;
+  long long check_option(const std::string& name, long long value) const override {
+    return positive_int(name, value, 1, std::nullopt);
   }
 
   void embed_batch(const std::vector<const Encoded*>& batch, bool want_answers,
                    const FamilyOptions& options, float* out,
                    std::vector<std::string>* answers) const override {
-    const long long budget = max_new_tokens(options);
+    const long long budget = options.at("max_new_tokens");
     const int64_t b = int64_t(batch.size());
     int64_t longest = 0;
     for (const Encoded* e : batch) longest = std::max<int64_t>(longest, int64_t(e->ids.size()));
@@ -198,8 +191,8 @@ class CausalAnswerPipeline : public Pipeline {
 
 }  // namespace
 
-std::unique_ptr<Pipeline> make_causal(const std::string& root, const Manifest& m,
-                                      const std::string& device, int threads) {
+std::unique_ptr<Pipeline> make_causal_lm(const std::string& root, const Manifest& m,
+                                         const std::string& device, int threads) {
   return std::make_unique<CausalAnswerPipeline>(root, m, device, threads);
 }
 

@@ -1,4 +1,4 @@
-// Masked-LM answer embedders (recipes masked-answer, masked-answer-pair), as runtime/masked.py.
+// Masked-LM answer embedders (recipes masked-answer, masked-answer-pair), as runtime/masked_lm.py.
 //
 // The graph "encoder" returns the slot states (B, S, H), the greedy answer token at each slot
 // (B, S) and its log-probability (B, S); the embedding is the mean over the slots of the final
@@ -17,21 +17,13 @@ class MaskedAnswerPipeline : public Pipeline {
  public:
   using Pipeline::Pipeline;
 
-  std::vector<std::string> option_names() const override { return {"decode_steps"}; }
+  std::vector<std::pair<std::string, long long>> options() const override {
+    return {{"decode_steps", 1}};
+  }
 
-  long long decode_steps(const FamilyOptions& options, long long slots) const {
-    long long k = 1;
-    auto it = options.find("decode_steps");
-    if (it != options.end()) {
-      k = it->second;
-    } else if (manifest_.options.contains("decode_steps")) {
-      const auto& v = manifest_.options["decode_steps"];
-      k = v.is_number_integer() ? v.get<long long>() : -1;
-    }
-    if (k < 1 || k > slots + 1)
-      throw ValueError("decode_steps must be an int in 1.." + std::to_string(slots + 1) +
-                       " (slots + 1), got " + std::to_string(k));
-    return k;
+  // k passes fill at most one slot each before the last: 1..S+1 (slots + 1).
+  long long check_option(const std::string& name, long long value) const override {
+    return positive_int(name, value, 1, manifest_.prompt.answer_slots + 1);
   }
 
   void embed_batch(const std::vector<const Encoded*>& batch, bool want_answers,
@@ -41,7 +33,7 @@ class MaskedAnswerPipeline : public Pipeline {
     const std::vector<int64_t>& slots = arrays["slot_positions"].data;  // (B, S)
     const std::size_t b = batch.size();
     const std::size_t s = std::size_t(arrays["slot_positions"].shape[1]);
-    const long long steps = decode_steps(options, (long long)s);
+    const long long steps = options.at("decode_steps");
     const std::size_t t = std::size_t(arrays["input_ids"].shape[1]);
     std::vector<uint8_t> filled(b * s, 0);
     std::vector<int64_t> chosen(b * s, 0);  // token written into each filled slot
@@ -99,8 +91,8 @@ class MaskedAnswerPipeline : public Pipeline {
 
 }  // namespace
 
-std::unique_ptr<Pipeline> make_masked(const std::string& root, const Manifest& m,
-                                      const std::string& device, int threads) {
+std::unique_ptr<Pipeline> make_masked_lm(const std::string& root, const Manifest& m,
+                                         const std::string& device, int threads) {
   return std::make_unique<MaskedAnswerPipeline>(root, m, device, threads);
 }
 
