@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from native import ROOT, build_native
 
 from inbedder import Embedder
 from inbedder.runtime.bundle import BundleError, load_manifest
 from inbedder.runtime.samples import VALIDATION_TEXTS
+from native import ROOT, build_native
 
 LONG = VALIDATION_TEXTS[4]  # ~1,300 tokens: past every limit here
 TEXTS = [
@@ -93,8 +93,6 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, masked_bundle: Path, pair_
             out = root / kind.replace(":", "-")
             quantize_bundle(get(base), out, precision=precision)
         elif base in ("causal-opt", "causal-llama", "causal-opt-avg", "causal-llama-avg"):
-            import tiny_causal
-
             family = base.split("-")[1]
             ckpt = root / f"ckpt-{family}"
             if not ckpt.exists():
@@ -155,7 +153,11 @@ def _answers(emb: Embedder) -> list[str]:
 # -- parity --------------------------------------------------------------------------------------
 CASES = {
     # kind: list of (python kwargs, native flags)
-    "masked": [({}, []), ({"decode_steps": 2}, ["--decode-steps", "2"]), ({"decode_steps": 4}, ["--decode-steps", "4"])],
+    "masked": [
+        ({}, []),
+        ({"decode_steps": 2}, ["--decode-steps", "2"]),
+        ({"decode_steps": 4}, ["--decode-steps", "4"]),
+    ],
     "masked:int8": [({}, []), ({"decode_steps": 3}, ["--decode-steps", "3"])],
     "masked:fp16": [({}, [])],
     "pair": [({}, []), ({"decode_steps": 2}, ["--decode-steps", "2"])],
@@ -167,19 +169,24 @@ CASES = {
         ({}, []),
     ],
     "causal-llama": [({"max_new_tokens": 6}, ["--max-new-tokens", "6"])],
-    "causal-llama-avg": [({"max_new_tokens": 6}, ["--max-new-tokens", "6"]), ({"max_new_tokens": 1}, ["--max-new-tokens", "1"])],
+    "causal-llama-avg": [
+        ({"max_new_tokens": 6}, ["--max-new-tokens", "6"]),
+        ({"max_new_tokens": 1}, ["--max-new-tokens", "1"]),
+    ],
     "causal-opt-avg:int8": [({"max_new_tokens": 6}, ["--max-new-tokens", "6"])],
     "instructor": [({}, [])],
     "instructor:int8": [({}, [])],
     "minilm": [({}, [])],
     "minilm:int8": [({}, [])],
-}  # fmt: skip
+}
 
 
 def _parity(build, bundle, tmp, kwargs, flags, truncation, batch_size=3, normalize=False):
     emb = Embedder(bundle)
     answers = emb.pipeline.answers
-    extra = ["--truncation", truncation, "--batch-size", str(batch_size)] + (["--normalize"] if normalize else [])
+    extra = ["--truncation", truncation, "--batch-size", str(batch_size)] + (
+        ["--normalize"] if normalize else []
+    )
     try:
         res = emb.encode(
             TEXTS, INSTRUCTIONS, return_answers=answers, truncation=truncation, batch_size=batch_size,
@@ -245,17 +252,32 @@ def test_cli_errors(bundles, build: Path, tmp_path: Path):
     tool = str(_embed_tool(build))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a"}\n{"txt": 1}\n', encoding="utf-8")
-    done = subprocess.run([tool, "-m", str(bundles("masked")), str(bad), "-o", str(tmp_path / "o.npy"), "-i", "x"],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [tool, "-m", str(bundles("masked")), str(bad), "-o", str(tmp_path / "o.npy"), "-i", "x"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 1 and "bad.jsonl:2: a JSONL record needs a string field 'text'" in done.stderr
-    done = subprocess.run([tool, "-m", str(tmp_path / "nope"), "-", "-o", "o.npy", "-i", "x"],
-                          input="a\n", capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [tool, "-m", str(tmp_path / "nope"), "-", "-o", "o.npy", "-i", "x"],
+        input="a\n",
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and "no such bundle directory" in done.stderr
-    done = subprocess.run([tool, "-m", str(bundles("masked")), "-", "-o", str(tmp_path / "o.npy")],
-                          input="a\n", capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [tool, "-m", str(bundles("masked")), "-", "-o", str(tmp_path / "o.npy")],
+        input="a\n",
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 1 and "-i/--instruction is required" in done.stderr
-    done = subprocess.run([tool, "-m", str(bundles("masked")), "-", "-o", "o.npy", "-i", "x", "--device", "cuda"],
-                          input="a\n", capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [tool, "-m", str(bundles("masked")), "-", "-o", "o.npy", "-i", "x", "--device", "cuda"],
+        input="a\n",
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and "CUDAExecutionProvider" in done.stderr
 
 
@@ -298,7 +320,9 @@ def _lib(build: Path) -> Path:
 
 
 def test_only_the_c_api_is_exported(build: Path):
-    out = subprocess.run(["nm", "-D", "--defined-only", str(_lib(build))], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["nm", "-D", "--defined-only", str(_lib(build))], capture_output=True, text=True
+    ).stdout
     names = [ln.split()[-1] for ln in out.splitlines() if ln.strip()]
     assert names and all(n.startswith("inbedder_") for n in names), names
     assert "inbedder_encode" in names and "inbedder_model_open" in names
@@ -336,6 +360,7 @@ def test_npy_matches_numpy(build: Path, tmp_path: Path):
 
 def _damage(bundle: Path, tmp: Path):
     """(name, damaged bundle) for each way a bundle goes wrong that load_manifest reports."""
+
     def copy(name: str) -> Path:
         d = tmp / name
         shutil.copytree(bundle, d)
@@ -396,7 +421,9 @@ def test_manifest_errors_match_python(bundles, build: Path, tmp_path: Path):
 # -- the installed package in another project ---------------------------------------------------
 def test_installed_package_consumer(build: Path, bundles, tmp_path: Path):
     prefix = tmp_path / "prefix"
-    subprocess.run(["cmake", "--install", str(build), "--prefix", str(prefix)], check=True, capture_output=True)
+    subprocess.run(
+        ["cmake", "--install", str(build), "--prefix", str(prefix)], check=True, capture_output=True
+    )
     src = ROOT / "native" / "runtime" / "tests" / "consumer"
     cb = tmp_path / "consumer-build"
     for cmd in (
@@ -408,8 +435,12 @@ def test_installed_package_consumer(build: Path, bundles, tmp_path: Path):
     bundle = bundles("masked")
     want = Embedder(bundle).encode(["I love cats!", "ok"], "What animal?")
     for exe in ("consumer_c", "consumer_cpp"):
-        done = subprocess.run([str(cb / exe), str(bundle)], capture_output=True, text=True,
-                              env={k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"})  # fmt: skip
+        done = subprocess.run(
+            [str(cb / exe), str(bundle)],
+            capture_output=True,
+            text=True,
+            env={k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"},
+        )
         assert done.returncode == 0, done.stderr
         got = np.array([float(x) for x in done.stdout.split()], dtype=np.float32).reshape(want.shape)
         assert np.abs(got - want).max() <= TOL
