@@ -64,8 +64,11 @@ std::unique_ptr<Ort::Session> make_session(const std::string& path, const GraphS
     if (!why.empty())
       throw DeviceError("CUDAExecutionProvider could not be initialised for " + path + ": " + why);
   } else if (!spec.cpu_disabled_optimizers.empty()) {
+    // ';'-separated: onnxruntime's header says "comma separated", but its parser splits on ';'
+    // (1.32: "A,B" disables nothing, "A;B" both; checked against the Python API's
+    // disabled_optimizers on an int8 graph).
     std::string list;
-    for (const auto& o : spec.cpu_disabled_optimizers) list += (list.empty() ? "" : ",") + o;
+    for (const auto& o : spec.cpu_disabled_optimizers) list += (list.empty() ? "" : ";") + o;
     opts.AddConfigEntry("optimization.disable_specified_optimizers", list.c_str());
   }
   return std::make_unique<Ort::Session>(ort_env(), path.c_str(), opts);
