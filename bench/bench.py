@@ -39,25 +39,13 @@ INSTRUCTION = "What is the main topic?"
 
 # -- setup ---------------------------------------------------------------------------------------
 def build(work: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    import tiny
-    import torch
-    from transformers import RobertaConfig, RobertaForMaskedLM
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from models import roberta_large_shaped
 
     from inbedder.export import export_bundle
     from inbedder.quantize import quantize_bundle
 
-    ckpt = work / "ckpt"
-    if not (ckpt / "config.json").exists():
-        tok = tiny.roberta_tokenizer()
-        cfg = RobertaConfig(
-            vocab_size=50265, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-            intermediate_size=4096, max_position_embeddings=514, pad_token_id=1, bos_token_id=0,
-            eos_token_id=2,
-        )  # fmt: skip
-        torch.manual_seed(0)
-        RobertaForMaskedLM(cfg).eval().save_pretrained(ckpt)
-        tok.save_pretrained(ckpt)
+    ckpt = roberta_large_shaped(work / "ckpt")
     if not (work / "fp32" / "inbedder.json").exists():
         export_bundle(str(ckpt), work / "fp32", overwrite=True)
     if not (work / "int8" / "inbedder.json").exists():
@@ -118,8 +106,8 @@ def worker(system: str, work: Path, batch: int, tokens: int, runs: int) -> dict:
         import torch
         from transformers import AutoModelForMaskedLM
 
-        from inbedder.export.masked import MaskedAnswerGraph, arch_of
-        from inbedder.export.specs import RECIPES
+        from inbedder.export import recipes
+        from inbedder.export.masked_lm import ARCHS, MaskedAnswerGraph
         from inbedder.runtime import Embedder
 
         torch.set_num_threads(2)
@@ -130,7 +118,8 @@ def worker(system: str, work: Path, batch: int, tokens: int, runs: int) -> dict:
         ids = torch.from_numpy(arrays["input_ids"])
         mask = torch.from_numpy(arrays["attention_mask"])
         slots = torch.from_numpy(arrays["slot_positions"])
-        graph = MaskedAnswerGraph(model, arch_of(model), RECIPES["masked-answer"], False).eval()
+        recipe = recipes()["masked-answer"][0]
+        graph = MaskedAnswerGraph(model, ARCHS[model.config.model_type], recipe, False).eval()
 
         @torch.no_grad()
         def step() -> None:

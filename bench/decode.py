@@ -25,24 +25,12 @@ BATCH, PROMPT, NEW = 4, 64, 8
 def build(work: Path) -> Path:
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    import tiny_causal
-    import torch
-    from transformers import OPTConfig, OPTForCausalLM
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from models import opt_350m_shaped
 
     from inbedder.export import export_bundle
 
-    ckpt, bundle = work / "opt350m-ckpt", work / "opt350m"
-    if not (ckpt / "config.json").exists():
-        tok = tiny_causal._tokenizer()
-        cfg = OPTConfig(
-            vocab_size=50272, hidden_size=1024, num_hidden_layers=24, ffn_dim=4096, num_attention_heads=16,
-            max_position_embeddings=2048, word_embed_proj_dim=512, do_layer_norm_before=False,
-            pad_token_id=1, bos_token_id=0, eos_token_id=2,
-        )  # fmt: skip
-        torch.manual_seed(0)
-        OPTForCausalLM(cfg).eval().save_pretrained(ckpt)
-        tok.save_pretrained(ckpt)
+    ckpt, bundle = opt_350m_shaped(work / "opt350m-ckpt"), work / "opt350m"
     if not (bundle / "inbedder.json").exists():
         export_bundle(str(ckpt), bundle, overwrite=True)
     return bundle

@@ -5,10 +5,11 @@ out of CPU graphs against the ops they replace, and a per-operator profile of a 
 
 Kernels (roberta-large's shapes at 64 tokens, batch 8, 2 threads; ms per call, median of 50):
 SkipLayerNormalization vs LayerNormalization on (8, 64, 1024), BiasGelu vs Gelu on (8, 64, 4096).
-They back `CPU_SKIPPED_FUSIONS` (quantize/convert.py) and `CPU_DISABLED_OPTIMIZERS`
-(runtime/session.py). With --bundle, the bundle's graph is run on a batch of prompts of exactly
-`--tokens` tokens (bench/bench.py's texts) with onnxruntime's profiler, session options as the
-runtime sets them, and the time per operator type is printed.
+They back `CPU_SLOW_FUSIONS` (inbedder/onnxfile.py: what every graph's `cpu_disabled_optimizers`
+names in the manifest, and what quantize leaves unfused for the CPU). With --bundle, the bundle's
+graph is run on a batch of prompts of exactly `--tokens` tokens (bench/bench.py's texts) with
+onnxruntime's profiler, session options as the runtime sets them, and the time per operator type
+is printed.
 """
 
 from __future__ import annotations
@@ -92,7 +93,6 @@ def profile(bundle: Path, tokens: int, batch: int) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench import INSTRUCTION, texts_of
     from inbedder.runtime import Embedder
-    from inbedder.runtime.session import CPU_DISABLED_OPTIMIZERS
 
     pipe = Embedder(bundle, verify=False).pipeline
     texts = texts_of(bundle, tokens, batch)
@@ -101,12 +101,12 @@ def profile(bundle: Path, tokens: int, batch: int) -> None:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.enable_profiling = True
     opts.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
-    graph = pipe.manifest.graphs["encoder"].file
+    graph = pipe.manifest.graphs["encoder"]
     sess = ort.InferenceSession(
-        str(bundle / graph),
+        str(bundle / graph.file),
         opts,
         providers=["CPUExecutionProvider"],
-        disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS),
+        disabled_optimizers=list(graph.cpu_disabled_optimizers),
     )
     feed = {i.name: arrays[i.name] for i in sess.get_inputs()}
     runs = 4

@@ -43,7 +43,7 @@ def cache_shape(config: Any) -> tuple[int, int, int]:
 class CausalStepGraph(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model
+        self.model: Any = model  # a transformers *ForCausalLM
         self.layers = cache_shape(model.config)[0]
 
     def forward(

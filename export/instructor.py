@@ -9,15 +9,14 @@ tokens left out of the mean is the graph input `pool_start` (B,), never a traced
 
 Graph inputs: input_ids, attention_mask (B, T) int64, pool_start (B,) int64.
 Output: embedding (B, D): mean of the last hidden states over positions >= pool_start where the
-mask is 1 (sum(h m) / max(sum(m), 1e-9)), times the Dense weight. L2 normalisation is the
-manifest's post-processing step.
+mask is 1 (sum(h m) / max(sum(m), 1e-9)), times the Dense weight: the sentence-encoder family's
+graph with mean pooling and one Dense layer. L2 normalisation is the manifest's post-processing.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -29,59 +28,9 @@ from inbedder.runtime.bundle import GraphSpec, Manifest, PromptSpec, TruncationS
 
 from .family import Checkpoint, ExportFamily, GraphExport, register
 from .reference import ReferenceOutput, unpadded_ids
+from .sentence_encoder import SentenceEncoderGraph, dense_layer, local_dir
 from .specs import Recipe
 from .trace import load_fast_tokenizer, source_record, token_ids_record
-
-
-class InstructorGraph(nn.Module):
-    def __init__(self, encoder: nn.Module, dense: torch.Tensor):
-        super().__init__()
-        self.encoder = encoder
-        self.dense = nn.Linear(dense.shape[1], dense.shape[0], bias=False)
-        self.dense.weight.data.copy_(dense)
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pool_start: torch.Tensor
-    ) -> torch.Tensor:
-        hidden = self.encoder(
-            input_ids=input_ids, attention_mask=attention_mask
-        ).last_hidden_state  # (B, T, H)
-        position = torch.cumsum(torch.ones_like(attention_mask), dim=1) - 1  # (B, T): 0..T-1, traced
-        keep = attention_mask * (position >= pool_start.unsqueeze(1)).to(attention_mask.dtype)  # (B, T)
-        m = keep.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, H)
-        return self.dense(pooled)  # (B, D)
-
-
-def _local_dir(source: str, revision: str | None) -> Path:
-    path = Path(source)
-    if path.is_dir():
-        return path
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(source, revision=revision))
-
-
-def _dense(root: Path) -> tuple[torch.Tensor, str]:
-    """The Dense module's weight (out, in) from the sentence-transformers layout."""
-    modules = json.loads((root / "modules.json").read_text())
-    dense = [m for m in modules if m.get("type", "").endswith("Dense")]
-    if len(dense) != 1:
-        raise InputError(f"{root}/modules.json: expected one Dense module, found {len(dense)}")
-    d = root / dense[0]["path"]
-    cfg = json.loads((d / "config.json").read_text())
-    if cfg.get("bias", True):
-        raise InputError(f"{d}: INSTRUCTOR's Dense has no bias; this one has (not supported)")
-    act = str(cfg.get("activation_function", "torch.nn.modules.linear.Identity"))
-    if not act.endswith("Identity"):
-        raise InputError(f"{d}: Dense activation {act} is not supported (INSTRUCTOR uses Identity)")
-    if (d / "model.safetensors").exists():
-        from safetensors.torch import load_file
-
-        state = load_file(str(d / "model.safetensors"))
-    else:
-        state = torch.load(d / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    return state["linear.weight"].float(), dense[0]["path"]
 
 
 @register
@@ -111,10 +60,17 @@ class InstructorFamily(ExportFamily):
     def load(self) -> None:
         from transformers import T5EncoderModel
 
-        root = _local_dir(self.source, self.revision)
+        root = local_dir(self.source, self.revision)
         self.tokenizer = load_fast_tokenizer(root)
         self.model = T5EncoderModel.from_pretrained(root, attn_implementation="eager").eval()
-        self.dense, _ = _dense(root)
+        modules = json.loads((root / "modules.json").read_text())
+        dense = [m for m in modules if str(m.get("type", "")).endswith("Dense")]
+        if len(dense) != 1:
+            raise InputError(f"{root}/modules.json: expected one Dense module, found {len(dense)}")
+        layer = dense_layer(root / dense[0]["path"])
+        if not isinstance(layer, nn.Linear):
+            raise InputError(f"{root / dense[0]['path']}: INSTRUCTOR's Dense has no activation; this one has")
+        self.dense: nn.Linear = layer
         st = root / "sentence_bert_config.json"
         self.max_seq = json.loads(st.read_text()).get("max_seq_length") if st.exists() else None
 
@@ -129,12 +85,12 @@ class InstructorFamily(ExportFamily):
         start = torch.tensor([3, 5])
         axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
         axes.update({"pool_start": {0: "batch"}, "embedding": {0: "batch"}})
-        graph = InstructorGraph(self.model, self.dense).eval()
+        graph = SentenceEncoderGraph(self.model, ("mean",), [self.dense], use_types=False).eval()
         names = ("input_ids", "attention_mask", "pool_start")
         return [GraphExport("encoder", graph, (ids, mask, start), names, ("embedding",), axes, fusion="t5")]
 
     def manifest(self, graphs: Mapping[str, GraphSpec], max_length: int) -> Manifest:
-        r, dense = self.recipe, self.dense
+        r, dense = self.recipe, self.dense.weight
         return Manifest(
             family=self.name,
             recipe=r.name,
@@ -178,7 +134,7 @@ class InstructorFamily(ExportFamily):
             mask[n, : len(tokenizer(instr.strip())["input_ids"]) - 1] = 0
         m = mask.unsqueeze(-1).float()
         pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        out = torch.nn.functional.normalize(pooled @ self.dense.T, p=2, dim=1)
+        out = torch.nn.functional.normalize(self.dense(pooled), p=2, dim=1)
         return ReferenceOutput(
             embeddings=out.numpy().astype(np.float32),
             token_ids=unpadded_ids(enc["input_ids"].tolist(), enc["attention_mask"].tolist()),

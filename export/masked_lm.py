@@ -78,7 +78,7 @@ class _Act(nn.Module):
 class MaskedAnswerGraph(nn.Module):
     def __init__(self, model: nn.Module, arch: MaskedLMArch, recipe: Recipe, use_types: bool):
         super().__init__()
-        self.encoder = model.base_model
+        self.encoder: Any = model.base_model
         self.head = _resolve(model, arch.head)
         self.transform = nn.ModuleList(
             [m if isinstance(m, nn.Module) else _Act(m) for m in head_transform(model, arch)]

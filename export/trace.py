@@ -61,16 +61,17 @@ def trace_to_onnx(
 def source_record(
     source: str,
     revision: str | None,
-    model: torch.nn.Module,
+    model: Any,  # a transformers PreTrainedModel
     *,
     architecture: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """Where the bundle came from and the shapes later stages need (fusions, C++ buffers)."""
     cfg = model.config
-    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "num_heads", None)
-    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", None)
-    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", None)
+    # T5 names them num_heads / num_layers / d_model
+    heads: Any = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "num_heads", None)
+    layers: Any = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", None)
+    hidden: Any = getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", None)
     record = {
         "model": source,
         "revision": revision or getattr(cfg, "_commit_hash", None),

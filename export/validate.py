@@ -64,12 +64,12 @@ def validate(
     emb = Embedder(bundle_dir, device="cpu", verify=False)
     ref = reference(texts, instructions)
     ours = emb.pipeline.tokenize(texts, instructions, "reference")
-    for i, (a, b) in enumerate(zip(ours, ref.token_ids, strict=True)):
-        if a.ids != b:
-            first = next((k for k, (x, y) in enumerate(zip(a.ids, b, strict=False)) if x != y), None)
+    for i, (enc, fed) in enumerate(zip(ours, ref.token_ids, strict=True)):
+        if enc.ids != fed:
+            first = next((k for k, (x, y) in enumerate(zip(enc.ids, fed, strict=False)) if x != y), None)
             raise ExportValidationError(
                 f"tokenizer.json tokenizes validation prompt {i} differently from the checkpoint's "
-                f"tokenizer ({len(a.ids)} vs {len(b)} tokens; first difference at token {first})"
+                f"tokenizer ({len(enc.ids)} vs {len(fed)} tokens; first difference at token {first})"
             )
     want_answers = emb.pipeline.answers and ref.answers is not None
     # Batch size 4 over 7 length-sorted prompts: padded batches of very different lengths.

@@ -66,11 +66,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
         _print_gate(args.out_dir, m)
         return 0
     v = m.validation
+    answers = (
+        "" if v.get("answers_equal") is None else f", answers equal {v['answers_equal']}/{v.get('prompts')}"
+    )
     print(
         f"wrote {args.out_dir}: recipe {m.recipe}, dim {m.embedding_dim}, max_length "
         f"{m.truncation.max_length}; validation max|diff| {v.get('max_abs_diff', float('nan')):.3g} "
-        f"(tolerance {v.get('tolerance', float('nan')):.3g}), answers equal "
-        f"{v.get('answers_equal')}/{v.get('prompts')}"
+        f"(tolerance {v.get('tolerance', float('nan')):.3g}){answers}"
     )
     return 0
 
@@ -146,7 +148,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         truncation=args.truncation,
         **options,
     )
-    vecs, answers = result if args.answers is not None else (result, None)
+    vecs, answers = result if isinstance(result, tuple) else (result, None)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, vecs)

@@ -20,6 +20,7 @@ from inbedder.onnxfile import data_name
 from inbedder.runtime import Embedder, cuda_available
 from inbedder.runtime.bundle import Manifest, load_manifest, move_files, write_bundle
 from inbedder.runtime.samples import calibration_pairs
+from inbedder.runtime.session import Device
 
 from .convert import FP16_FP32_OPS, INT8_OP_TYPES, convert_fp16, fuse, overflowing_nodes, quantize_int8
 from .gate import DEFAULT_MIN_COSINE, GateFigures, QuantizationRefused, compare
@@ -78,7 +79,7 @@ def quantize_bundle(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.quantize-", dir=out.parent))
-    device = "cuda" if precision == "fp16" and cuda_available() else "cpu"
+    device: Device = "cuda" if precision == "fp16" and cuda_available() else "cpu"
 
     def stage_and_gate(record: dict[str, Any], graphs_dir: Path) -> tuple[Manifest, GateFigures]:
         """Stage a bundle from the converted graphs and measure it against the source."""

@@ -10,7 +10,7 @@ in fp32 only when the whole-bundle gate fails, and records which.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +74,7 @@ def rank_matmuls(
 
 def rank_end_to_end(
     model_path: Path,
-    feeds: list[Mapping[str, np.ndarray]],
+    feeds: Sequence[Mapping[str, np.ndarray]],
     candidates: Iterable[str],
     work: Path,
     *,

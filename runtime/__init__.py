@@ -1,6 +1,8 @@
 """The inbedder runtime: load a bundle and embed texts with onnxruntime, tokenizers and numpy only."""
 
-from .bundle import BundleError, Manifest, load_manifest
+from inbedder.errors import BundleError
+
+from .bundle import Manifest, load_manifest
 from .embedder import Embedder
 from .session import cuda_available
 

@@ -99,6 +99,11 @@ class Embedder:
         self, texts: Sequence[str] | str, instruction: str | Sequence[str] = ...,
         *, return_answers: Literal[True], **kw: Any,
     ) -> tuple[np.ndarray, list[str]]: ...  # fmt: skip
+    @overload
+    def encode(
+        self, texts: Sequence[str] | str, instruction: str | Sequence[str] = ...,
+        *, return_answers: bool, **kw: Any,
+    ) -> np.ndarray | tuple[np.ndarray, list[str]]: ...  # fmt: skip
 
     def encode(
         self,

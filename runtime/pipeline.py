@@ -145,11 +145,14 @@ class Pipeline:
     def pool_start(self, instruction: str, rule: Mapping[str, Any]) -> int:
         """The manifest's `pooling.pool_start` rule: the token count of the instruction encoded
         alone (special tokens included; stripped first if `strip`) plus `offset` (-1 leaves its
-        closing special token pooled, as INSTRUCTOR and sentence-transformers count)."""
+        closing special token pooled, as INSTRUCTOR and sentence-transformers count); 0 for an
+        empty instruction (nothing to leave out)."""
         if rule.get("count") != "instruction":
             raise BundleError(f"unknown pooling.pool_start rule {dict(rule)!r} in the manifest")
-        n = self.prompts.token_count(instruction.strip() if rule.get("strip") else instruction)
-        return max(n + int(rule.get("offset", 0)), 0)
+        text = instruction.strip() if rule.get("strip") else instruction
+        if not text:
+            return 0
+        return max(self.prompts.token_count(text) + int(rule.get("offset", 0)), 0)
 
     def feed(self, role: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The inputs graph `role` declares, taken from `arrays`."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,27 @@ import tiny
 
 
 @pytest.fixture(scope="session")
-def tiny_roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny.tiny_roberta_mlm(tmp_path_factory.mktemp("ckpt") / "tiny-roberta")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """checkpoints(name): the tiny checkpoint `tiny.BUILDERS[name]` builds, made once per session."""
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = tiny.BUILDERS[name](tmp_path_factory.mktemp("ckpt") / name)
+        return built[name]
+
+    return get
+
+
+@pytest.fixture
+def checkpoint(request: pytest.FixtureRequest, checkpoints: Callable[[str], Path]) -> Path:
+    """One architecture's checkpoint: parametrize with `indirect=True` over names of tiny.BUILDERS."""
+    return checkpoints(request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_dir(checkpoints: Callable[[str], Path]) -> Path:
+    return checkpoints("roberta-mlm")
 
 
 @pytest.fixture(scope="session")

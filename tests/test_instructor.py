@@ -27,10 +27,8 @@ INSTRUCTIONS = [
 
 
 @pytest.fixture(scope="module")
-def instructor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import tiny_t5
-
-    return tiny_t5.tiny_instructor(tmp_path_factory.mktemp("ckpt") / "tiny-instructor")
+def instructor_dir(checkpoints) -> Path:
+    return checkpoints("t5-instructor")
 
 
 @pytest.fixture(scope="module")

