@@ -118,6 +118,9 @@ PromptTokenizer::PromptTokenizer(const tok::Tokenizer& tokenizer, const PromptSp
     throw BundleError("unknown truncation side '" + truncation.side + "' in the manifest");
   ref_.direction =
       truncation.side == "left" ? tok::TruncationDirection::Left : tok::TruncationDirection::Right;
+  // "No truncation" (tokenizers' no_truncation()): the interface's null truncation means the
+  // tokenizer.json's own truncation, which the runtime never uses; a limit no text reaches.
+  plain_.max_length = std::size_t(1) << 40;
   first_only_.max_length = max_length_;
   first_only_.strategy = tok::TruncationStrategy::OnlyFirst;
   first_only_.direction = tok::TruncationDirection::Right;
@@ -131,7 +134,7 @@ PromptTokenizer::PromptTokenizer(const tok::Tokenizer& tokenizer, const PromptSp
 }
 
 std::size_t PromptTokenizer::token_count(std::string_view text) const {
-  return tok_.encode(text).ids.size();
+  return tok_.encode(text, &plain_).ids.size();
 }
 
 PromptTokenizer::Filled PromptTokenizer::segments(std::string_view text,
@@ -167,10 +170,10 @@ Encoded PromptTokenizer::encode(std::string_view text, std::string_view instruct
   Filled f = segments(text, instruction);
   if (mode == "reference") {
     tok::Encoding enc = run(f, &ref_);
-    std::size_t full = run(f, nullptr).ids.size();
+    std::size_t full = run(f, &plain_).ids.size();
     return finish(enc, full > max_length_);
   }
-  tok::Encoding enc = run(f, nullptr);
+  tok::Encoding enc = run(f, &plain_);
   if (enc.ids.size() <= max_length_) return finish(enc, false);
   if (f.segs.size() == 2 && f.where == 0 && prompt_.segments[0] == "{input}") {
     // The text is a whole segment: the tokenizer cuts it natively and keeps the second intact.
@@ -199,12 +202,12 @@ Encoded PromptTokenizer::cut_input(std::string_view text, std::string_view instr
                    (static_cast<long long>(enc.ids.size()) - static_cast<long long>(max_length_));
   while (keep > 0) {
     std::size_t cut = enc.offsets[inside[std::size_t(keep - 1)]].second - std::size_t(f.span.first);
-    tok::Encoding trial = run(segments(text.substr(0, cut), instruction), nullptr);
+    tok::Encoding trial = run(segments(text.substr(0, cut), instruction), &plain_);
     if (trial.ids.size() <= max_length_) return finish(trial, true);
     keep -= std::max<long long>(1, static_cast<long long>(trial.ids.size() - max_length_));
   }
   Filled empty = segments("", instruction);
-  tok::Encoding trial = run(empty, nullptr);
+  tok::Encoding trial = run(empty, &plain_);
   if (trial.ids.size() <= max_length_) return finish(trial, true);
   // Template + instruction + slots alone exceed the limit: the reference rule.
   return finish(run(empty, &ref_), true);

@@ -58,7 +58,7 @@ class PromptTokenizer {
   const tok::Tokenizer& tok_;
   PromptSpec prompt_;
   std::size_t max_length_;
-  tok::Truncation ref_, first_only_;
+  tok::Truncation plain_, ref_, first_only_;
   std::optional<int32_t> slot_id_;
   std::string slot_suffix_;
 };
