@@ -23,6 +23,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# `python bench/native.py` puts bench/ first on sys.path, where bench/tokenize.py would shadow
+# the standard library's tokenize (torch imports it).
+if sys.path and Path(sys.path[0] or ".").resolve() == HERE:
+    sys.path.pop(0)
 ROOT = HERE.parent
 INSTRUCTION = "What is the main topic?"
 SHAPES = {
@@ -41,9 +45,21 @@ SHAPES = {
 }
 
 
+def _sibling(name: str):
+    """bench/NAME.py as a module (bench/ is not put on sys.path: its tokenize.py would shadow
+    the standard library's)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", HERE / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def build(work: Path, shape: str) -> Path:
-    sys.path.insert(0, str(HERE))
-    from models import byte_level_bpe, roberta_large_shaped
+    models = _sibling("models")
+    byte_level_bpe, roberta_large_shaped = models.byte_level_bpe, models.roberta_large_shaped
 
     from inbedder.export import export_bundle
     from inbedder.quantize import quantize_bundle
@@ -71,10 +87,7 @@ def build(work: Path, shape: str) -> Path:
 
 
 def texts_of(bundle: Path, tokens: int, n: int) -> list[str]:
-    sys.path.insert(0, str(HERE))
-    import bench
-
-    return bench.texts_of(bundle, tokens, n)
+    return _sibling("bench").texts_of(bundle, tokens, n)
 
 
 def python_worker(bundle: Path, texts_file: Path, batch: int, runs: int, threads: int) -> dict:
@@ -93,9 +106,7 @@ def python_worker(bundle: Path, texts_file: Path, batch: int, runs: int, threads
         emb.encode(texts, INSTRUCTION, batch_size=batch)
         times.append(time.perf_counter() - t)
     med = sorted(times)[len(times) // 2]
-    sys.path.insert(0, str(HERE))
-    from bench import peak_rss_mb
-
+    peak_rss_mb = _sibling("bench").peak_rss_mb
     return {"open_to_first_vector_s": first, "median_s": med, "texts_per_s": len(texts) / med,
             "peak_rss_mb": peak_rss_mb()}  # fmt: skip
 

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -368,6 +369,8 @@ int main(int argc, char** argv) {
   inbedder_model_close(model);
 
   try {
+    std::filesystem::path parent = std::filesystem::path(a.output).parent_path();
+    if (!parent.empty()) std::filesystem::create_directories(parent);
     inbedder::write_npy_f32(a.output, vecs.data(), n, dim);
   } catch (const std::exception& e) {
     runtime_error(e.what());
