@@ -3,6 +3,12 @@
 
 #include <cstdio>
 #include <cstring>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define INBEDDER_SHA_NI 1
+#endif
+#include <cstdlib>
 #include <memory>
 #include <stdexcept>
 #include <vector>
@@ -21,6 +27,54 @@ constexpr uint32_t K[64] = {
     0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
 
 inline uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+
+#ifdef INBEDDER_SHA_NI
+// x86 SHA extensions (Intel SHA-NI, also on AMD Zen): the same compression function, 4 rounds
+// per instruction pair; ~4x the portable code, as fast as Python's hashlib (OpenSSL) at open.
+bool have_sha_ni() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  bool sha = b & (1u << 29);
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  return sha && (c & (1u << 19)) && (c & (1u << 9));  // SSE4.1, SSSE3
+}
+
+__attribute__((target("sha,sse4.1,ssse3"))) void blocks_ni(uint32_t h[8], const uint8_t* p,
+                                                           std::size_t n) {
+  const __m128i mask = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+  __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)), 0xB1);
+  __m128i s1 = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + 4)), 0x1B);
+  __m128i s0 = _mm_alignr_epi8(tmp, s1, 8);  // ABEF
+  s1 = _mm_blend_epi16(s1, tmp, 0xF0);       // CDGH
+  for (; n; --n, p += 64) {
+    const __m128i abef = s0, cdgh = s1;
+    __m128i w[4];
+    for (int i = 0; i < 4; ++i)
+      w[i] = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * i)), mask);
+    for (int g = 0; g < 16; ++g) {
+      __m128i msg =
+          _mm_add_epi32(w[g & 3], _mm_loadu_si128(reinterpret_cast<const __m128i*>(K + 4 * g)));
+      s1 = _mm_sha256rnds2_epu32(s1, s0, msg);
+      s0 = _mm_sha256rnds2_epu32(s0, s1, _mm_shuffle_epi32(msg, 0x0E));
+      if (g < 12) {  // words 4(g+4) .. 4(g+4)+3 of the schedule
+        __m128i x = _mm_sha256msg1_epu32(w[g & 3], w[(g + 1) & 3]);
+        x = _mm_add_epi32(x, _mm_alignr_epi8(w[(g + 3) & 3], w[(g + 2) & 3], 4));
+        w[g & 3] = _mm_sha256msg2_epu32(x, w[(g + 3) & 3]);
+      }
+    }
+    s0 = _mm_add_epi32(s0, abef);
+    s1 = _mm_add_epi32(s1, cdgh);
+  }
+  tmp = _mm_shuffle_epi32(s0, 0x1B);    // FEBA
+  s1 = _mm_shuffle_epi32(s1, 0xB1);     // DCHG
+  s0 = _mm_blend_epi16(tmp, s1, 0xF0);  // DCBA
+  s1 = _mm_alignr_epi8(s1, tmp, 8);     // HGFE
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(h), s0);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(h + 4), s1);
+}
+
+const bool kShaNi = have_sha_ni() && std::getenv("INBEDDER_NO_SHA_NI") == nullptr;
+#endif
 
 }  // namespace
 
@@ -72,9 +126,21 @@ void Sha256::update(const void* data, std::size_t size) {
     p += take;
     size -= take;
     if (used_ < 64) return;
-    block(buf_);
+#ifdef INBEDDER_SHA_NI
+    if (kShaNi)
+      blocks_ni(h_, buf_, 1);
+    else
+#endif
+      block(buf_);
     used_ = 0;
   }
+#ifdef INBEDDER_SHA_NI
+  if (kShaNi && size >= 64) {
+    blocks_ni(h_, p, size / 64);
+    p += size / 64 * 64;
+    size %= 64;
+  }
+#endif
   for (; size >= 64; p += 64, size -= 64) block(p);
   if (size) {
     std::memcpy(buf_, p, size);
