@@ -3,7 +3,8 @@
 For every tokenizer of tests/tokenizer_zoo.py, the seeded corpus of tests/corpus.py (>= 20,000
 strings: single texts, pairs, truncation with both strategies and directions) is tokenized by both;
 ids, type ids, sequence ids, offsets (native byte offsets mapped to `tokenizers`' char offsets) and
-decode strings (with and without skip_special_tokens) must be equal for every record. Also: bad
+decode strings (with and without skip_special_tokens, and after transformers' clean-up) must be
+equal for every record. Also: bad
 records and invalid UTF-8 get error lines while the tool goes on, a damaged tokenizer.json fails
 cleanly, and one parity run under AddressSanitizer + UndefinedBehaviorSanitizer reports nothing.
 """
@@ -48,7 +49,9 @@ def records_for(path: Path, n: int) -> list[dict]:
 def reference(path: Path, recs: list[dict]) -> list[dict]:
     """What `tokenizers` gives for each record (char offsets, None sequence ids as -1)."""
     from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerBase
 
+    clean_up = PreTrainedTokenizerBase.clean_up_tokenization  # uses no state: called unbound
     tok = Tokenizer.from_file(str(path))
     out = []
     for rec in recs:
@@ -65,6 +68,7 @@ def reference(path: Path, recs: list[dict]) -> list[dict]:
         except Exception as e:
             out.append({"error": str(e)})
             continue
+        skip = tok.decode(enc.ids, skip_special_tokens=True)
         out.append(
             {
                 "ids": enc.ids,
@@ -72,7 +76,8 @@ def reference(path: Path, recs: list[dict]) -> list[dict]:
                 "offsets": [list(o) for o in enc.offsets],
                 "sequence_ids": [-1 if s is None else s for s in enc.sequence_ids],
                 "decoded": tok.decode(enc.ids, skip_special_tokens=False),
-                "decoded_skip": tok.decode(enc.ids, skip_special_tokens=True),
+                "decoded_skip": skip,
+                "decoded_clean": clean_up(None, skip),
             }
         )
     return out
@@ -80,7 +85,7 @@ def reference(path: Path, recs: list[dict]) -> list[dict]:
 
 def run_tool(tool: Path, path: Path, lines: list[bytes], env: dict | None = None):
     done = subprocess.run(
-        [str(tool), str(path), "--decode"],
+        [str(tool), str(path), "--decode", "--clean-up"],
         input=b"\n".join(lines) + b"\n",
         capture_output=True,
         env=env,
@@ -117,7 +122,8 @@ def compare(recs: list[dict], want: list[dict], got: list[dict]) -> list[str]:
                 bad.append(f"record {i + 1} {rec!r}: error mismatch: want {w} got {g}")
             continue
         g = dict(g, offsets=_char_offsets(rec["text"], rec.get("pair"), g))
-        for key in ("ids", "type_ids", "sequence_ids", "offsets", "decoded", "decoded_skip"):
+        keys = ("ids", "type_ids", "sequence_ids", "offsets", "decoded", "decoded_skip", "decoded_clean")
+        for key in keys:
             if w[key] != g[key]:
                 bad.append(f"record {i + 1} {rec!r}: {key}: want {w[key]!r} got {g[key]!r}")
                 break
@@ -165,20 +171,27 @@ def test_bad_records_get_error_lines(tool, zoo_dir):
         assert g["error"].startswith(f"record {i}:"), g
 
 
-def test_damaged_tokenizer_json(tool, zoo_dir, tmp_path):
-    good = tokenizer_zoo.build("gpt2-roberta", zoo_dir).read_text(encoding="utf-8")
+def _damaged_cases(good: str) -> dict[str, str]:
     data = json.loads(good)
-    cases = {
+    model = data["model"]
+    return {
         "truncated": good[: len(good) // 2],
+        "truncated-early": good[:300],
         "empty": "",
-        "wrong-type": json.dumps({**data, "model": {**data["model"], "vocab": [1, 2]}}),
-        "missing-merges": json.dumps(
-            {**data, "model": {k: v for k, v in data["model"].items() if k != "merges"}}
-        ),
-        "bad-merge": json.dumps({**data, "model": {**data["model"], "merges": ["zzq qqz"]}}),
-        "id-out-of-range": json.dumps({**data, "model": {**data["model"], "vocab": {"a": -3}}}),
+        "not-an-object": "[1, 2, 3]",
+        "wrong-type": json.dumps({**data, "model": {**model, "vocab": [1, 2]}}),
+        "wrong-type-id": json.dumps({**data, "model": {**model, "vocab": {"a": "zero"}}}),
+        "missing-merges": json.dumps({**data, "model": {k: v for k, v in model.items() if k != "merges"}}),
+        "bad-merge": json.dumps({**data, "model": {**model, "merges": ["zzq qqz"]}}),
+        "id-out-of-range": json.dumps({**data, "model": {**model, "vocab": {"a": -3}}}),
+        "added-id-out-of-range": json.dumps({**data, "added_tokens": [{"id": 1 << 40, "content": "x"}]}),
         "unsupported": json.dumps({**data, "normalizer": {"type": "ByteLevel"}}),
     }
+
+
+def test_damaged_tokenizer_json(tool, zoo_dir, tmp_path):
+    good = tokenizer_zoo.build("gpt2-roberta", zoo_dir).read_text(encoding="utf-8")
+    cases = _damaged_cases(good)
     for name, text in cases.items():
         p = tmp_path / f"{name}.json"
         p.write_text(text, encoding="utf-8")
@@ -202,8 +215,10 @@ def test_parity_under_sanitizers(zoo_dir):
         err = done.stderr.decode()
         assert "Sanitizer" not in err and "runtime error" not in err, err[-3000:]
         assert not bad, f"{name}: " + "\n".join(bad[:5])
-    # a damaged file under the sanitizers too
-    p = zoo_dir / "damaged.json"
-    p.write_text(tokenizer_zoo.build("minilm", zoo_dir).read_text(encoding="utf-8")[:5000], encoding="utf-8")
-    done = subprocess.run([str(tool), str(p)], input=b"{}", capture_output=True, env=env)
-    assert done.returncode == 1 and "Sanitizer" not in done.stderr.decode()
+    # damaged files under the sanitizers too: a clear error, no report
+    for case, text in _damaged_cases(tokenizer_zoo.build("gpt2-roberta", zoo_dir).read_text("utf-8")).items():
+        p = zoo_dir / f"damaged-{case}.json"
+        p.write_text(text, encoding="utf-8")
+        done = subprocess.run([str(tool), str(p)], input=b"{}", capture_output=True, env=env)
+        err = done.stderr.decode()
+        assert done.returncode == 1 and "Sanitizer" not in err and "runtime error" not in err, (case, err)

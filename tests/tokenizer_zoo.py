@@ -178,6 +178,28 @@ def llama_bpe(tmp: Path):
     return tok.backend_tokenizer
 
 
+def llama_legacy(tmp: Path):
+    """The same BPE as a pre-0.14 Llama-2 tokenizer.json has it: no pre-tokenizer, the dummy
+    prefix and the space escaping done by Prepend + Replace normalizers."""
+    from tokenizers import normalizers
+
+    tok = llama_bpe(tmp)
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.pre_tokenizer = None
+    return tok
+
+
+def bert_cased(tmp: Path):
+    """MiniLM's vocabulary behind a cased BertNormalizer (no lowercasing, accents kept) and
+    BertProcessing, as cased BERT checkpoints carry them."""
+    from tokenizers import normalizers, processors
+
+    tok = minilm(tmp)
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=None)
+    tok.post_processor = processors.BertProcessing(("[SEP]", 102), ("[CLS]", 101))
+    return tok
+
+
 def tiny_roberta(tmp: Path):
     from tiny import roberta_tokenizer
 
@@ -202,6 +224,8 @@ ZOO: dict[str, Callable] = {
     "minilm": minilm,
     "t5-unigram": t5_unigram,
     "llama-bpe": llama_bpe,
+    "llama-legacy": llama_legacy,
+    "bert-cased": bert_cased,
     "tiny-roberta": tiny_roberta,
     "tiny-causal": tiny_causal,
     "tiny-t5": tiny_t5,

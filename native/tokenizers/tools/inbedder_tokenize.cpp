@@ -1,7 +1,8 @@
-// inbedder-tokenize TOKENIZER_JSON [--decode] [--bench N]: JSONL in ({"text", "pair",
-// "max_length", "strategy", "direction"}), JSONL out ({"ids", "type_ids", "offsets" (bytes),
-// "sequence_ids", with --decode "decoded" and "decoded_skip"}). A bad record gets
-// {"error": "record N: ..."} and the tool goes on. --bench N times N passes of encode over all
+// inbedder-tokenize TOKENIZER_JSON [--decode [--clean-up]] [--bench N]: JSONL in ({"text",
+// "pair", "max_length", "strategy", "direction"}), JSONL out ({"ids", "type_ids", "offsets"
+// (bytes), "sequence_ids", with --decode "decoded" and "decoded_skip" (skip_special_tokens), with
+// --clean-up also "decoded_clean": decoded_skip after transformers' clean_up_tokenization}).
+// A bad record gets {"error": "record N: ..."} and the tool goes on. --bench N times N passes of encode over all
 // records in-process (no JSON I/O in the timing) and prints one JSON line of figures.
 #include <chrono>
 #include <cstring>
@@ -65,7 +66,8 @@ tok::Encoding run(const tok::Tokenizer& t, const Record& r) {
 }
 
 int usage() {
-  std::cerr << "usage: inbedder-tokenize TOKENIZER_JSON [--decode] [--bench N] < records.jsonl\n";
+  std::cerr << "usage: inbedder-tokenize TOKENIZER_JSON [--decode [--clean-up]] [--bench N]"
+               " < records.jsonl\n";
   return 2;
 }
 
@@ -73,11 +75,13 @@ int usage() {
 
 int main(int argc, char** argv) {
   std::string path;
-  bool decode = false;
+  bool decode = false, clean_up = false;
   long bench = 0;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--decode") == 0) {
       decode = true;
+    } else if (std::strcmp(argv[i], "--clean-up") == 0) {
+      clean_up = true;
     } else if (std::strcmp(argv[i], "--bench") == 0 && i + 1 < argc) {
       bench = std::atol(argv[++i]);
     } else if (argv[i][0] == '-' || !path.empty()) {
@@ -141,6 +145,7 @@ int main(int argc, char** argv) {
       if (decode) {
         out["decoded"] = t->decode(e.ids, false);
         out["decoded_skip"] = t->decode(e.ids, true);
+        if (clean_up) out["decoded_clean"] = tok::clean_up_tokenization(out["decoded_skip"]);
       }
     } catch (const std::exception& e) {
       out = {{"error", "record " + std::to_string(n) + ": " + e.what()}};

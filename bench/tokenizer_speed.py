@@ -2,13 +2,14 @@
 `tokenizers`, on the parity test's corpus (tests/corpus.py) for each tokenizer of
 tests/tokenizer_zoo.py.
 
-    python bench/tokenize.py [--names gpt2-roberta,minilm,t5-unigram,llama-bpe] [--passes 3]
+    python bench/tokenizer_speed.py [--names gpt2-roberta,minilm,t5-unigram,llama-bpe] [--passes 3]
                              [--strings 20000] [--build build/bench]
 
 Both sides encode the same records (single texts and pairs, no truncation, special tokens added)
 `--passes` times in one process, single thread; native times encode in-process, excluding its
 JSON I/O; `tokenizers` is timed through its Python binding (`Tokenizer.encode`, which is what
-runtime/prompt.py calls). Prints the machine's CPU flags, both figures and the ratio.
+runtime/prompt.py calls). Prints the machine's CPU flags, both figures and the ratio. (Not named
+bench/tokenize.py: as the script's directory leads sys.path, that would shadow the stdlib module.)
 """
 
 from __future__ import annotations
