@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from inbedder.runtime.bundle import GraphSpec, Manifest, PromptSpec, TruncationSpec
+from inbedder.catalog import known_for
+from inbedder.runtime.bundle import GraphSpec, Manifest
 
 from .family import Checkpoint, ExportFamily, GraphExport, register
 from .reference import ReferenceOutput, published_fill, unpadded_ids
@@ -97,10 +98,7 @@ class CausalLMFamily(ExportFamily):
         ),
     )
     default_recipe = "causal-answer"
-    known_models: ClassVar[Mapping[str, str]] = {
-        f"BrandonZYW/{m}-InBedder": "causal-answer"
-        for m in ("opt-350m", "opt-1.3b", "opt-2.7b", "llama-2-7b")
-    }
+    known_models: ClassVar[Mapping[str, str]] = known_for("causal-lm")
 
     @classmethod
     def claims(cls, checkpoint: Checkpoint) -> bool:
@@ -160,17 +158,11 @@ class CausalLMFamily(ExportFamily):
     def manifest(self, graphs: Mapping[str, GraphSpec], max_length: int) -> Manifest:
         cfg, tok, r = self.model.config, self.tokenizer, self.recipe
         layers, kv, hd = cache_shape(cfg)
-        return Manifest(
-            family=self.name,
-            recipe=r.name,
-            prompt=PromptSpec(segments=r.segments, strip=r.strip),
-            truncation=TruncationSpec(
-                max_length=max_length, side=r.truncation_side, strategy=r.truncation_strategy
-            ),
-            graphs=graphs,
+        return self.recipe_manifest(
+            graphs,
+            max_length,
             embedding_dim=int(getattr(cfg, "word_embed_proj_dim", None) or cfg.hidden_size),
             pooling={"type": r.pooling or "fst_gen"},
-            postprocess=r.postprocess,
             special_tokens=token_ids_record(pad=tok.pad_token_id, eos=tok.eos_token_id, bos=tok.bos_token_id),
             decode=decode_record(tok),
             options={

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from inbedder.errors import InputError
-from inbedder.runtime.bundle import GraphSpec, Manifest
+from inbedder.runtime.bundle import GraphSpec, Manifest, PromptSpec, TruncationSpec
 
 from .reference import ReferenceOutput
 from .specs import Recipe
@@ -97,8 +97,31 @@ class ExportFamily:
         raise NotImplementedError
 
     def manifest(self, graphs: Mapping[str, GraphSpec], max_length: int) -> Manifest:
-        """The manifest (no checksums, exporter or validation figures yet)."""
+        """The manifest (no checksums, exporter or validation figures yet); `recipe_manifest`
+        fills what every family takes from its recipe."""
         raise NotImplementedError
+
+    def recipe_manifest(
+        self,
+        graphs: Mapping[str, GraphSpec],
+        max_length: int,
+        *,
+        slot_token: str | None = None,
+        **fields: Any,
+    ) -> Manifest:
+        """A manifest with the family, the recipe's prompt, truncation rule and post-processing
+        filled in; `fields` give the rest (and may override `postprocess`)."""
+        r = self.recipe
+        prompt = PromptSpec(
+            segments=r.segments, slot_token=slot_token, answer_slots=r.answer_slots, strip=r.strip
+        )
+        truncation = TruncationSpec(
+            max_length=max_length, side=r.truncation_side, strategy=r.truncation_strategy
+        )
+        fields.setdefault("postprocess", r.postprocess)
+        return Manifest(
+            family=self.name, recipe=r.name, prompt=prompt, truncation=truncation, graphs=graphs, **fields
+        )
 
     def reference(
         self, texts: Sequence[str], instructions: Sequence[str], max_length: int

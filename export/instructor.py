@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from inbedder.catalog import known_for
 from inbedder.errors import InputError
-from inbedder.runtime.bundle import GraphSpec, Manifest, PromptSpec, TruncationSpec
+from inbedder.runtime.bundle import GraphSpec, Manifest
 
 from .family import Checkpoint, ExportFamily, GraphExport, register
 from .reference import ReferenceOutput, unpadded_ids
@@ -48,9 +49,7 @@ class InstructorFamily(ExportFamily):
         ),
     )
     default_recipe = "instructor"
-    known_models: ClassVar[Mapping[str, str]] = {
-        f"hkunlp/instructor-{size}": "instructor" for size in ("base", "large", "xl")
-    }
+    known_models: ClassVar[Mapping[str, str]] = known_for("instructor")
     priority = 10  # a T5 sentence-transformers layout is INSTRUCTOR's before any generic encoder's
 
     @classmethod
@@ -90,15 +89,10 @@ class InstructorFamily(ExportFamily):
         return [GraphExport("encoder", graph, (ids, mask, start), names, ("embedding",), axes, fusion="t5")]
 
     def manifest(self, graphs: Mapping[str, GraphSpec], max_length: int) -> Manifest:
-        r, dense = self.recipe, self.dense.weight
-        return Manifest(
-            family=self.name,
-            recipe=r.name,
-            prompt=PromptSpec(segments=r.segments, strip=r.strip),
-            truncation=TruncationSpec(
-                max_length=max_length, side=r.truncation_side, strategy=r.truncation_strategy
-            ),
-            graphs=graphs,
+        dense = self.dense.weight
+        return self.recipe_manifest(
+            graphs,
+            max_length,
             embedding_dim=int(dense.shape[0]),
             pooling={
                 "type": "mean",
@@ -107,7 +101,6 @@ class InstructorFamily(ExportFamily):
                 "pool_start": {"count": "instruction", "strip": True, "offset": -1},
                 "dense": [int(dense.shape[1]), int(dense.shape[0])],
             },
-            postprocess=r.postprocess,
             special_tokens=token_ids_record(pad=self.tokenizer.pad_token_id, eos=self.tokenizer.eos_token_id),
             source=source_record(
                 self.source,

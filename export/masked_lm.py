@@ -20,8 +20,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from inbedder.catalog import known_for
 from inbedder.errors import InputError
-from inbedder.runtime.bundle import GraphSpec, Manifest, PromptSpec, TruncationSpec
+from inbedder.runtime.bundle import GraphSpec, Manifest
 
 from .family import Checkpoint, ExportFamily, GraphExport, register
 from .reference import ReferenceOutput, published_fill, unpadded_ids
@@ -131,10 +132,7 @@ class MaskedLMFamily(ExportFamily):
         ),
     )
     default_recipe = "masked-answer"
-    known_models: ClassVar[Mapping[str, str]] = {
-        "BrandonZYW/roberta-large-InBedder": "masked-answer",
-        "KomeijiForce/inbedder-roberta-large": "masked-answer-pair",
-    }
+    known_models: ClassVar[Mapping[str, str]] = known_for("masked-lm")
 
     @classmethod
     def claims(cls, checkpoint: Checkpoint) -> bool:
@@ -196,17 +194,12 @@ class MaskedLMFamily(ExportFamily):
 
     def manifest(self, graphs: Mapping[str, GraphSpec], max_length: int) -> Manifest:
         tok, r = self.tokenizer, self.recipe
-        return Manifest(
-            family=self.name,
-            recipe=r.name,
-            prompt=PromptSpec(segments=r.segments, slot_token=tok.mask_token, answer_slots=r.answer_slots),
-            truncation=TruncationSpec(
-                max_length=max_length, side=r.truncation_side, strategy=r.truncation_strategy
-            ),
-            graphs=graphs,
+        return self.recipe_manifest(
+            graphs,
+            max_length,
+            slot_token=tok.mask_token,
             embedding_dim=int(self.model.config.hidden_size),
             pooling={"type": "mean", "over": "answer_slots", "states": r.slot_states},
-            postprocess=r.postprocess,
             special_tokens=token_ids_record(
                 pad=tok.pad_token_id,
                 mask=tok.mask_token_id,

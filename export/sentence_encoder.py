@@ -18,14 +18,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from inbedder.errors import InputError
-from inbedder.runtime.bundle import GraphSpec, Manifest, PromptSpec, TruncationSpec
+from inbedder.runtime.bundle import GraphSpec, Manifest
 
 from .family import Checkpoint, ExportFamily, GraphExport, register
 from .reference import ReferenceOutput, unpadded_ids
@@ -158,7 +158,6 @@ class SentenceEncoderFamily(ExportFamily):
         ),
     )
     default_recipe = "sentence-embedding"
-    known_models: ClassVar[Mapping[str, str]] = {}
     priority = 5  # after INSTRUCTOR's T5 layout, before a plain masked-LM guess
 
     @classmethod
@@ -227,7 +226,7 @@ class SentenceEncoderFamily(ExportFamily):
         return [GraphExport("encoder", graph, args, names, ("embedding",), axes, fusion=fusion)]
 
     def manifest(self, graphs: Mapping[str, GraphSpec], max_length: int) -> Manifest:
-        r, tok, cfg = self.recipe, self.tokenizer, self.model.config
+        tok, cfg = self.tokenizer, self.model.config
         dim = int(cfg.hidden_size) * len(self.modes)
         for layer in self.dense:
             linear: Any = layer if isinstance(layer, nn.Linear) else layer[0]
@@ -239,14 +238,9 @@ class SentenceEncoderFamily(ExportFamily):
         }
         if not self.include_prompt:
             pooling["pool_start"] = {"count": "instruction", "strip": False, "offset": self.prompt_offset}
-        return Manifest(
-            family=self.name,
-            recipe=r.name,
-            prompt=PromptSpec(segments=r.segments, strip=r.strip),
-            truncation=TruncationSpec(
-                max_length=max_length, side=r.truncation_side, strategy=r.truncation_strategy
-            ),
-            graphs=graphs,
+        return self.recipe_manifest(
+            graphs,
+            max_length,
             embedding_dim=dim,
             pooling=pooling,
             postprocess=("l2",) if self.normalize else (),

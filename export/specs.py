@@ -8,8 +8,12 @@ registry in `family.py` collects them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from inbedder.runtime.bundle import TruncationSide, TruncationStrategy
+
+SlotStates = Literal["hidden", "lm_head_transform"]
+DecodePooling = Literal["fst_gen", "avg_gen"]
 
 INBEDDER_TEMPLATE = "### Input:\n{input}\n\n### Instruction:\n{instruction}\n\n### Response:"
 
@@ -22,9 +26,9 @@ class Recipe:
     truncation_side: TruncationSide = "right"  # the reference tokenizer call
     truncation_strategy: TruncationStrategy = "longest_first"
     max_length: int = 512
-    slot_states: str = "hidden"  # masked: "hidden" (last layer) | "lm_head_transform"
+    slot_states: SlotStates = "hidden"  # masked: the last layer's states, or the LM head's transform of them
     postprocess: tuple[str, ...] = ()
     strip: bool = False  # strip the filled prompt (INSTRUCTOR)
-    pooling: str | None = None  # causal: "fst_gen" | "avg_gen"
+    pooling: DecodePooling | None = None  # causal
     max_new_tokens: int = 3  # causal: greedy answer length (stops earlier at EOS)
-    description: str = ""
+    description: str = ""  # one line for listings

@@ -5,6 +5,7 @@
 the `quantize` extra (onnx).
 """
 
+from inbedder.catalog import list_models
 from inbedder.errors import (
     BundleError,
     DeviceError,
@@ -39,5 +40,6 @@ __all__ = [
     "Manifest",
     "QuantizationRefused",
     "__version__",
+    "list_models",
     "load_manifest",
 ]

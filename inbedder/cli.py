@@ -1,4 +1,4 @@
-"""The `inbedder` command line: export, quantize, embed, info.
+"""The `inbedder` command line: export, quantize, embed, info, models.
 
 Scope: argument parsing and file formats only; every command calls the same functions a Python user
 calls. `embed` reads one text per line, or JSONL with a "text" field (and optional
@@ -169,6 +169,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from inbedder.catalog import list_models
+
+    models = list_models()
+    if args.json:
+        print(json.dumps(models, indent=2))
+        return 0
+    for m in models:
+        licence = m["licence"] + ("" if m["licence_checked"] else " [unverified]")
+        print(f"{m['id']:40s} {m['recipe']:20s} {m['dim']:5d}  {licence}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inbedder", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -228,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     m.set_defaults(func=_cmd_embed)
+
+    ls = sub.add_parser("models", help="the checkpoints inbedder knows: recipe, dimension, licence")
+    ls.add_argument("--json", action="store_true", help="as JSON")
+    ls.set_defaults(func=_cmd_models)
 
     i = sub.add_parser("info", help="print a bundle's manifest after checking it")
     i.add_argument("bundle")

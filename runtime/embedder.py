@@ -7,11 +7,12 @@ normalisation. The family-specific work is the pipeline's (see `pipeline.py`).
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, get_args, overload
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -23,10 +24,19 @@ from .pipeline import Pipeline, pipeline_for
 from .prompt import TRUNCATION_MODES, TruncationMode
 from .session import Device, resolve_device
 
+Texts = str | Iterable[str]
+OutputPrecision = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
+OUTPUT_PRECISIONS: tuple[OutputPrecision, ...] = get_args(OutputPrecision)
+
 
 def _check_texts(texts: object) -> list[str]:
-    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
-        raise InputTypeError(f"texts must be a list of str, got {type(texts).__name__}")
+    """A list of the texts: any iterable of str (a list, tuple, generator, numpy string array)."""
+    if isinstance(texts, np.ndarray):
+        texts = texts.tolist() if texts.ndim == 1 else texts
+    if isinstance(texts, (str, bytes, Mapping)) or not isinstance(texts, Iterable):
+        raise InputTypeError(f"texts must be a str or an iterable of str, got {type(texts).__name__}")
+    if not isinstance(texts, Sequence):
+        texts = list(texts)
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise InputTypeError(f"texts[{i}] must be str, got {type(t).__name__}")
@@ -91,44 +101,88 @@ class Embedder:
 
     @overload
     def encode(
-        self, texts: Sequence[str] | str, instruction: str | Sequence[str] = ...,
+        self, texts: Texts, instruction: str | Sequence[str] | None = ...,
         *, return_answers: Literal[False] = ..., **kw: Any,
-    ) -> np.ndarray: ...  # fmt: skip
+    ) -> Any: ...  # fmt: skip
     @overload
     def encode(
-        self, texts: Sequence[str] | str, instruction: str | Sequence[str] = ...,
+        self, texts: Texts, instruction: str | Sequence[str] | None = ...,
         *, return_answers: Literal[True], **kw: Any,
-    ) -> tuple[np.ndarray, list[str]]: ...  # fmt: skip
+    ) -> tuple[Any, list[str]]: ...  # fmt: skip
     @overload
     def encode(
-        self, texts: Sequence[str] | str, instruction: str | Sequence[str] = ...,
+        self, texts: Texts, instruction: str | Sequence[str] | None = ...,
         *, return_answers: bool, **kw: Any,
-    ) -> np.ndarray | tuple[np.ndarray, list[str]]: ...  # fmt: skip
+    ) -> Any: ...  # fmt: skip
 
     def encode(
         self,
-        texts: Sequence[str] | str,
-        instruction: str | Sequence[str] = "",
+        texts: Texts,
+        instruction: str | Sequence[str] | None = None,
         *,
+        prompt: str | None = None,
         batch_size: int = 32,
-        normalize: bool = False,
+        normalize: bool | None = None,
+        normalize_embeddings: bool | None = None,
         show_progress_bar: bool | None = None,
         return_answers: bool = False,
         truncation: TruncationMode = "input",
+        convert_to_numpy: bool = True,
+        precision: OutputPrecision = "float32",
         **options: Any,
-    ) -> np.ndarray | tuple[np.ndarray, list[str]]:
-        """Embed `texts` under `instruction` (one string, or one per text).
+    ) -> Any:
+        """Embed `texts` (a str, or any iterable of str) under `instruction` (one string, or one
+        per text; `prompt=` is the same, as sentence-transformers calls it).
 
         Returns float32 (N, dim) (or (dim,) for a single string) and, with `return_answers`, the
         model's answer for each text. Texts are batched by token length; results do not depend on
         `batch_size` or on which texts share a batch. `truncation`: "input" (cut the end of the
         text, keep template, instruction and answer slots) or "reference" (the published rule).
-        Family-specific options (e.g. `decode_steps`) are listed in `self.pipeline.options`; one not
-        given takes the bundle's default (`manifest.options`), else the family's.
+        `normalize` (alias `normalize_embeddings`) L2-normalises. `precision` quantizes the output
+        as sentence-transformers' `quantize_embeddings` does: "float16"; "int8" / "uint8" (255 steps
+        between each dimension's min and max over the texts of this call, so a vector depends on
+        the others); "binary" / "ubinary" (sign bits packed 8 per byte, int8 offset by -128 /
+        uint8). `convert_to_numpy=False` gives a list of 1-D arrays. Family-specific options (e.g.
+        `decode_steps`) are listed in `self.pipeline.options`; one not given takes the bundle's
+        default (`manifest.options`), else the family's.
         """
         single = isinstance(texts, str)
         items = _check_texts([texts] if single else texts)
-        instructions = _check_instructions(instruction, len(items))
+        instructions = _check_instructions(
+            _alias("instruction", instruction, "prompt", prompt, ""), len(items)
+        )
+        norm = bool(_alias("normalize", normalize, "normalize_embeddings", normalize_embeddings, False))
+        if precision not in OUTPUT_PRECISIONS:
+            raise InputError(f"precision must be one of {OUTPUT_PRECISIONS}, got {precision!r}")
+        if convert_to_numpy is not True and convert_to_numpy is not False:
+            raise InputTypeError(f"convert_to_numpy must be a bool, got {type(convert_to_numpy).__name__}")
+        vecs, answers = self._embed(
+            items, instructions, batch_size, show_progress_bar, return_answers, truncation, options
+        )
+        if norm:
+            vecs = postprocess(vecs, ("l2",))
+        out: Any = quantize_output(vecs, precision)
+        if single:
+            out = out[0]
+        elif not convert_to_numpy:
+            out = list(out)
+        if return_answers:
+            return out, (answers[0] if single else answers)
+        return out
+
+    def _embed(
+        self,
+        items: list[str],
+        instructions: list[str],
+        batch_size: int,
+        show_progress_bar: bool | None,
+        return_answers: bool,
+        truncation: str,
+        options: dict[str, Any],
+    ) -> tuple[np.ndarray, list[str]]:
+        """(N, D) float32 after the manifest's post-processing, and the answers ("" if not asked)."""
+        if not self.pipeline.sessions:
+            raise InputError("this Embedder is closed")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
         if truncation not in TRUNCATION_MODES:
@@ -139,7 +193,6 @@ class Embedder:
                 f"this bundle ({self.manifest.recipe}) embeds texts without answering; "
                 "return_answers=True is not available"
             )
-
         dim = self.manifest.embedding_dim
         out = np.zeros((len(items), dim), dtype=np.float32)
         answers: list[str] = [""] * len(items)
@@ -155,9 +208,99 @@ class Embedder:
             if ans is not None:
                 for i, a in zip(idx, ans, strict=True):
                     answers[i] = a
-        out = postprocess(out, self.manifest.postprocess)
-        if normalize:
-            out = postprocess(out, ("l2",))
-        if single:
-            return (out[0], answers[0]) if return_answers else out[0]  # type: ignore[return-value]
-        return (out, answers) if return_answers else out
+        return postprocess(out, self.manifest.postprocess), answers
+
+    def embed(
+        self,
+        texts: Iterable[str],
+        instruction: str | None = None,
+        *,
+        chunk_size: int = 1024,
+        return_answers: bool = False,
+        **kwargs: Any,
+    ) -> Iterator[Any]:
+        """Yield one vector per text (with `return_answers`, (vector, answer)), in input order,
+        reading `texts` `chunk_size` at a time: for inputs that do not fit in memory. Each chunk
+        goes through `encode` with `kwargs` (so batching, and a vector, never depend on the chunk)."""
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise InputError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if isinstance(texts, (str, bytes)):
+            raise InputTypeError(f"texts must be an iterable of str, got {type(texts).__name__}")
+        it = iter(texts)
+        while chunk := list(itertools.islice(it, chunk_size)):
+            got = self.encode(chunk, instruction, return_answers=return_answers, **kwargs)
+            if return_answers:
+                yield from zip(got[0], got[1], strict=True)
+            else:
+                yield from got
+
+    def similarity(self, a: Any, b: Any) -> np.ndarray:
+        """Cosine similarity matrix (N, M) of two sets of vectors (1-D inputs count as one row), as
+        sentence-transformers' `similarity` with its default cosine."""
+        x = np.atleast_2d(np.asarray(a, dtype=np.float32))
+        y = np.atleast_2d(np.asarray(b, dtype=np.float32))
+        if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+            raise InputError(f"similarity needs (N, D) and (M, D) vectors, got {x.shape} and {y.shape}")
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        y = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+        sim: np.ndarray = (x @ y.T).astype(np.float32)
+        return sim
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self.manifest.embedding_dim
+
+    @property
+    def max_seq_length(self) -> int:
+        """Tokens a prompt may have (template, instruction and answer slots included)."""
+        return self.manifest.truncation.max_length
+
+    def close(self) -> None:
+        """Release the onnxruntime sessions; later calls raise."""
+        self.pipeline.sessions = {}
+
+    def __enter__(self) -> Embedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        state = "" if self.pipeline.sessions else ", closed"
+        return (
+            f"Embedder({str(self.bundle_dir)!r}, family={m.family!r}, recipe={m.recipe!r}, "
+            f"precision={m.precision!r}, dim={m.embedding_dim}, device={self.device!r}{state})"
+        )
+
+
+def _alias(name: str, value: Any, alias: str, alias_value: Any, default: Any) -> Any:
+    """One argument that users know by two names: either, not two different values."""
+    if value is not None and alias_value is not None and value != alias_value:
+        raise InputError(f"{name}= and {alias}= name the same argument; give one")
+    if value is not None:
+        return value
+    return alias_value if alias_value is not None else default
+
+
+def quantize_output(emb: np.ndarray, precision: str) -> np.ndarray:
+    """(N, D) float32 -> the asked output precision, as sentence-transformers' `quantize_embeddings`."""
+    if precision == "float32":
+        return emb
+    if precision == "float16":
+        return emb.astype(np.float16)
+    if precision in ("int8", "uint8"):
+        if len(emb) == 0:
+            return emb.astype(np.int8 if precision == "int8" else np.uint8)
+        if len(emb) == 1:
+            raise InputError(
+                f"precision={precision!r} takes its ranges from the texts of the call: give more than one"
+            )
+        lo, hi = emb.min(axis=0), emb.max(axis=0)  # (D,): ranges over this call's vectors
+        steps = (hi - lo) / 255
+        steps = np.where(steps == 0, 1, steps)
+        q: np.ndarray = np.clip(np.floor((emb - lo) / steps), 0, 255)
+        return (q - 128).astype(np.int8) if precision == "int8" else q.astype(np.uint8)
+    bits: np.ndarray = np.packbits(emb > 0, axis=-1)  # (N, ceil(D / 8)) uint8
+    if precision == "binary":
+        bits = (bits.astype(np.int16) - 128).astype(np.int8)
+    return bits

@@ -191,3 +191,28 @@ def test_avg_gen_when_the_answer_ends_after_1_2_3_tokens(family: str, tmp_path: 
     got = emb.encode(TEXTS, INSTRUCTION, max_new_tokens=1)
     np.testing.assert_allclose(got, avg1, atol=1e-4, rtol=0)
     assert np.abs(avg1 - fst1).max() > 1e-3
+
+
+def test_quantize_feeds_the_decoder_every_pass(causal, tmp_path: Path, monkeypatch):
+    """Quantize measures a decoder through the pipeline's own feeds (the prompt pass and the
+    cached steps): fp16 overflow is measured on them, and the int8 fallback ranks its MatMuls."""
+    from inbedder.quantize import QuantizationRefused, quantize_bundle
+    from inbedder.quantize import core as qcore
+
+    _, _, root = causal
+    seen: list[list[int]] = []
+    real = qcore.overflowing_nodes
+
+    def spy(path, feeds):
+        seen.append([f["input_ids"].shape[1] for f in feeds])
+        return real(path, feeds)
+
+    monkeypatch.setattr(qcore, "overflowing_nodes", spy)
+    m = quantize_bundle(root / "fst", tmp_path / "fp16", precision="fp16")
+    assert m.validation["passed"] and len(seen) == 1
+    assert 1 in seen[0] and max(seen[0]) > 1  # cached one-token steps and prompt passes alike
+    # An unreachable bound walks the whole int8 ladder: past per-channel it keeps the decoder's
+    # MatMuls that int8 hurts most in fp32, which needs their ranking on the decoder's feeds.
+    with pytest.raises(QuantizationRefused, match=r"'kept_fp32': 1\b"):
+        quantize_bundle(root / "fst", tmp_path / "int8", min_cosine=1.0)
+    assert not (tmp_path / "int8").exists()

@@ -86,3 +86,12 @@ def test_console_script_runs_without_torch(masked_bundle: Path, tmp_path: Path):
     r = subprocess.run([sys.executable, "-c", code], input="hello\n", capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert np.load(tmp_path / "e.npy").shape == (1, 32)
+
+
+def test_cli_models(capsys):
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(ln.startswith("hkunlp/instructor-large") and " 768 " in ln for ln in lines)
+    assert any("BrandonZYW/roberta-large-InBedder" in ln and "[unverified]" in ln for ln in lines)
+    assert main(["models", "--json"]) == 0
+    assert {m["id"] for m in json.loads(capsys.readouterr().out)} >= {"hkunlp/instructor-xl"}

@@ -16,7 +16,7 @@ import inbedder
 PUBLIC = {
     "inbedder": [
         "BundleError", "DeviceError", "Embedder", "ExportValidationError", "InbedderError", "InputError",
-        "InputTypeError", "Manifest", "QuantizationRefused", "__version__", "load_manifest",
+        "InputTypeError", "Manifest", "QuantizationRefused", "__version__", "list_models", "load_manifest",
     ],
     "inbedder.runtime": ["BundleError", "Embedder", "Manifest", "cuda_available", "load_manifest"],
     "inbedder.export": [
@@ -28,7 +28,7 @@ PUBLIC = {
         "quantize_bundle",
     ],
 }  # fmt: skip
-SUBPACKAGES = {"cli", "errors", "export", "onnxfile", "quantize", "runtime"}
+SUBPACKAGES = {"catalog", "cli", "errors", "export", "onnxfile", "quantize", "runtime"}
 
 
 @pytest.mark.parametrize("module", sorted(PUBLIC))
@@ -102,3 +102,19 @@ def test_unknown_family_is_a_clear_bundle_error():
 def test_runtime_imports_no_torch():
     code = "import sys, inbedder; inbedder.Embedder; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_list_models_needs_no_export_extra_and_matches_the_families():
+    code = (
+        "import sys, inbedder; ms = inbedder.list_models(); "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; "
+        "print(len(ms))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert int(out) == len(inbedder.list_models()) >= 9
+    from inbedder.export import known_models, recipes
+
+    table = recipes()
+    for m in inbedder.list_models():
+        assert known_models()[m["id"]] == m["recipe"] and table[m["recipe"]][1].name == m["family"]
+        assert m["dim"] > 0 and m["licence"]
