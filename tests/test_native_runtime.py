@@ -473,3 +473,21 @@ def test_installed_package_consumer(build: Path, bundles, tmp_path: Path):
         assert done.returncode == 0, done.stderr
         got = np.array([float(x) for x in done.stdout.split()], dtype=np.float32).reshape(want.shape)
         assert np.abs(got - want).max() <= TOL
+
+
+def test_manifest_paths_stay_inside_the_bundle(bundles, build: Path, tmp_path: Path):
+    """Native refuses manifest paths that leave the bundle (absolute, "..", a symlink out)."""
+    tool = build / "native" / "runtime" / "tests" / "inbedder_internal_tool"
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    for n, name in enumerate([str(outside), "../outside.json", "sub/../../outside.json", "link.json"]):
+        d = tmp_path / f"b{n}"
+        shutil.copytree(bundles("masked"), d)
+        (d / "link.json").symlink_to(outside)
+        m = json.loads((d / "inbedder.json").read_text())
+        m["files"][name] = {"sha256": hashlib.sha256(b"{}").hexdigest(), "bytes": 2}
+        (d / "inbedder.json").write_text(json.dumps(m))
+        got = subprocess.run([str(tool), "manifest", str(d)], capture_output=True, text=True).stdout.strip()
+        assert (
+            got == f"{d / 'inbedder.json'}: file {name!r} is not a relative path inside the bundle directory"
+        )
