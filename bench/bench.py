@@ -56,11 +56,12 @@ def texts_of(bundle: Path, tokens: int, n: int) -> list[str]:
     """n different texts whose prompt (template + instruction + slots) is exactly `tokens` long."""
     from tokenizers import Tokenizer
 
-    from inbedder.runtime.bundle import load_manifest
+    from inbedder.runtime.bundle import bundle_root, load_manifest
     from inbedder.runtime.prompt import PromptTokenizer
 
     m = load_manifest(bundle, verify=False)
-    pt = PromptTokenizer(Tokenizer.from_file(str(bundle / "tokenizer.json")), m.prompt, m.truncation)
+    tok = Tokenizer.from_file(str(bundle_root(bundle) / m.tokenizer_file))
+    pt = PromptTokenizer(tok, m.prompt, m.truncation)
     words = [
         "the",
         "committee",

@@ -93,6 +93,7 @@ def profile(bundle: Path, tokens: int, batch: int) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench import INSTRUCTION, texts_of
     from inbedder.runtime import Embedder
+    from inbedder.runtime.bundle import bundle_root
 
     pipe = Embedder(bundle, verify=False).pipeline
     texts = texts_of(bundle, tokens, batch)
@@ -101,12 +102,13 @@ def profile(bundle: Path, tokens: int, batch: int) -> None:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.enable_profiling = True
     opts.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
-    graph = pipe.manifest.graphs["encoder"]
+    graph = pipe.manifest.graphs["encoder"].file
+    pipe_root = bundle_root(bundle)  # the current version's directory (a replaced bundle: v-*/)
     sess = ort.InferenceSession(
-        str(bundle / graph.file),
+        str(pipe_root / graph),
         opts,
         providers=["CPUExecutionProvider"],
-        disabled_optimizers=list(graph.cpu_disabled_optimizers),
+        disabled_optimizers=list(pipe.manifest.graphs["encoder"].cpu_disabled_optimizers),
     )
     feed = {i.name: arrays[i.name] for i in sess.get_inputs()}
     runs = 4

@@ -9,14 +9,12 @@ declaring an `ExportFamily` (family.py); nothing here names one.
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import tempfile
 from pathlib import Path
 
 from inbedder.errors import InputError
 from inbedder.onnxfile import CPU_SLOW_FUSIONS
 from inbedder.runtime import Embedder
-from inbedder.runtime.bundle import PRECISIONS, Manifest, Precision, move_files, write_bundle
+from inbedder.runtime.bundle import PRECISIONS, Manifest, Precision, move_files, staging, write_bundle
 from inbedder.runtime.pipeline import pipeline_class
 
 from .family import ExportFamily, resolve
@@ -81,9 +79,10 @@ def export_bundle(
     accepted = pipeline_class(family.name).options
     for name in set(defaults) - set(accepted):
         raise InputError(f"{name} does not apply to {family.name!r} bundles (accepted: {sorted(accepted)})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
-    try:
+    # Everything is built beside the target (fp32, then the quantized bundle from it) and the
+    # final bundle replaces the target in one step: an interrupted or failed run leaves the
+    # previous bundle as it was, and nothing new that loads.
+    with staging(out, "export") as work:
         manifest, limit = build(family, work, max_length=max_length, opset=opset)
         # A scratch manifest lets the runtime run the scratch directory for validation (with the
         # reference's own defaults: the per-bundle defaults are stored after).
@@ -93,11 +92,10 @@ def export_bundle(
             Embedder(work / "staged", verify=False).pipeline.resolve_options(defaults)
         options = {**staged.options, **defaults}
         final = dataclasses.replace(staged, validation=figures.as_json(), options=options, files={})
-        written = write_bundle(out, final, lambda d: move_files(work / "staged", d), overwrite=overwrite)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if precision != "fp32":
+        if precision == "fp32":
+            return write_bundle(out, final, lambda d: move_files(work / "staged", d), overwrite=overwrite)
         from inbedder.quantize import quantize_bundle
 
-        written = quantize_bundle(out, out, precision=precision, overwrite=True)
-    return written
+        fp32 = work / "fp32"
+        write_bundle(fp32, final, lambda d: move_files(work / "staged", d))
+        return quantize_bundle(fp32, out, precision=precision, overwrite=overwrite)

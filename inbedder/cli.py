@@ -1,4 +1,4 @@
-"""The `inbedder` command line: export, quantize, embed, info, models.
+"""The `inbedder` command line: export, quantize, embed, info, models, push.
 
 Scope: argument parsing and file formats only; every command calls the same functions a Python user
 calls. `embed` reads one text per line, or JSONL with a "text" field (and optional
@@ -8,27 +8,57 @@ calls. `embed` reads one text per line, or JSONL with a "text" field (and option
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 import numpy as np
 
-from inbedder.errors import InbedderError
+from inbedder.errors import InbedderError, InputError, surrogate_at
 from inbedder.runtime.bundle import Manifest
 
 
-def _read_texts(stream: TextIO, fmt: str, source: str) -> tuple[list[str], list[str] | None]:
-    lines = stream.read().splitlines()
+def _split_lines(data: bytes | str, source: str) -> list[str]:
+    """Lines split on "\\n" only (one trailing "\\r" stripped); every other separator (U+2028,
+    U+0085, form feed, a lone "\\r") stays inside its line. Invalid UTF-8 names its line."""
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            raise InputError(f"{source}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    else:
+        text = data
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final line end
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
+def _read_texts(stream: TextIO | BinaryIO, fmt: str, source: str) -> tuple[list[str], list[str] | None]:
+    texts, instructions, _ = _read_records(stream, fmt, source)
+    return texts, instructions
+
+
+def _read_records(
+    stream: TextIO | BinaryIO, fmt: str, source: str
+) -> tuple[list[str], list[str] | None, list[int]]:
+    """Texts, per-text instructions (or None) and the line number of each text."""
+    lines = _split_lines(stream.read(), source)
     if fmt == "auto":
         first = next((ln for ln in lines if ln.strip()), "")
         fmt = "jsonl" if first.lstrip().startswith("{") else "lines"
     if fmt == "lines":
-        return lines, None
+        return lines, None, list(range(1, len(lines) + 1))
     texts: list[str] = []
     instructions: list[str | None] = []
+    numbers: list[int] = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -36,6 +66,8 @@ def _read_texts(stream: TextIO, fmt: str, source: str) -> tuple[list[str], list[
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise SystemExit(f"{source}:{n}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise SystemExit(f"{source}:{n}: JSON nested too deeply") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
             raise SystemExit(f"{source}:{n}: a JSONL record needs a string field 'text'")
         instr = rec.get("instruction")
@@ -43,9 +75,72 @@ def _read_texts(stream: TextIO, fmt: str, source: str) -> tuple[list[str], list[
             raise SystemExit(f"{source}:{n}: 'instruction' must be a string")
         texts.append(rec["text"])
         instructions.append(instr)
+        numbers.append(n)
     if all(i is None for i in instructions):
-        return texts, None
-    return texts, [i if i is not None else "" for i in instructions]
+        return texts, None, numbers
+    return texts, [i if i is not None else "" for i in instructions], numbers
+
+
+def _check_unicode(
+    texts: Sequence[str], instructions: Sequence[str] | None, numbers: Sequence[int], source: str
+) -> None:
+    """Texts with a lone surrogate (possible through a JSON escape) are rejected, naming the line."""
+    for k, t in enumerate(texts):
+        for what, s in (("text", t), ("instruction", instructions[k] if instructions else "")):
+            where = surrogate_at(s)
+            if where is not None:
+                raise InputError(
+                    f"{source}:{numbers[k]}: {what} contains a lone surrogate U+{ord(s[where]):04X} at "
+                    f"character {where}: not valid Unicode, such texts are rejected (nothing was embedded)"
+                )
+
+
+def _json_line(obj: object) -> str:
+    """One JSON line that every reader splits back the same: the separators JSON leaves raw
+    (U+2028, U+2029, U+0085) are escaped."""
+    s = json.dumps(obj, ensure_ascii=False)
+    return s.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085")
+
+
+class _Outputs:
+    """Output files written under temporary names beside their targets and renamed into place only
+    when every one is complete: a full disk or a signal never damages a previous good output.
+    Creating the temporary files first checks that every location is writable."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.final = list(paths)
+        self.temps: list[Path] = []
+        try:
+            for p in self.final:
+                try:
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".partial", dir=p.parent)
+                except OSError as e:
+                    raise OSError(e.errno, e.strerror, str(p)) from None
+                os.close(fd)
+                self.temps.append(Path(tmp))
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, i: int, fill: Callable[[BinaryIO], object]) -> None:
+        try:
+            with open(self.temps[i], "wb") as f:
+                fill(f)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.final[i])) from None
+
+    def commit(self) -> None:
+        for tmp, p in zip(self.temps, self.final, strict=True):
+            os.replace(tmp, p)
+        self.temps = []
+
+    def abort(self) -> None:
+        for tmp in self.temps:
+            tmp.unlink(missing_ok=True)
+        self.temps = []
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -95,8 +190,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         path = Path(args.calibration)
         if not path.is_file():
             raise SystemExit(f"{path}: no such calibration file")
-        with path.open(encoding="utf-8") as f:
-            texts, per_text = _read_texts(f, "auto", str(path))
+        with path.open("rb") as fb:
+            texts, per_text = _read_texts(fb, "auto", str(path))
         if not texts:
             raise SystemExit(f"{path}: the calibration file has no texts")
         instr = per_text or [args.instruction] * len(texts)
@@ -119,53 +214,70 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from inbedder.runtime import Embedder
 
     if args.input == "-":
-        texts, per_text = _read_texts(sys.stdin, args.format, "<stdin>")
+        source = "<stdin>"
+        texts, per_text, numbers = _read_records(getattr(sys.stdin, "buffer", sys.stdin), args.format, source)
     else:
         path = Path(args.input)
         if not path.is_file():
             raise SystemExit(f"{path}: no such input file")
-        with path.open(encoding="utf-8") as f:
-            texts, per_text = _read_texts(f, args.format, str(path))
+        source = str(path)
+        with path.open("rb") as fb:
+            texts, per_text, numbers = _read_records(fb, args.format, source)
+    _check_unicode(texts, per_text, numbers, source)
     if per_text is not None and args.instruction is not None:
         per_text = [i or args.instruction for i in per_text]
     instruction = per_text if per_text is not None else (args.instruction or "")
-    emb = Embedder(args.model, device=args.device, threads=args.threads)
-    if args.instruction is None and per_text is None and emb.pipeline.answers:
-        raise SystemExit("-i/--instruction is required (or an 'instruction' field per JSONL record)")
-    show = None if not args.quiet else False
-    options = {}
-    if args.decode_steps is not None:
-        options["decode_steps"] = args.decode_steps
-    if args.max_new_tokens is not None:
-        options["max_new_tokens"] = args.max_new_tokens
-    result = emb.encode(
-        texts,
-        instruction,
-        batch_size=args.batch_size,
-        normalize=args.normalize,
-        show_progress_bar=show,
-        return_answers=args.answers is not None,
-        truncation=args.truncation,
-        **options,
-    )
-    vecs, answers = result if isinstance(result, tuple) else (result, None)
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, vecs)
-    if answers is not None:
-        with open(args.answers, "w", encoding="utf-8") as f:
-            for t, a in zip(texts, answers, strict=True):
-                f.write(json.dumps({"text": t, "answer": a}, ensure_ascii=False) + "\n")
+    # Every output location is checked (its temporary file created) before the bundle is loaded.
+    outputs = _Outputs([out] if args.answers is None else [out, Path(args.answers)])
+    try:
+        emb = Embedder(args.model, device=args.device, threads=args.threads)
+        if args.instruction is None and per_text is None and emb.pipeline.answers:
+            raise SystemExit("-i/--instruction is required (or an 'instruction' field per JSONL record)")
+        show = None if not args.quiet else False
+        options = {}
+        if args.decode_steps is not None:
+            options["decode_steps"] = args.decode_steps
+        if args.max_new_tokens is not None:
+            options["max_new_tokens"] = args.max_new_tokens
+        result = emb.encode(
+            texts,
+            instruction,
+            batch_size=args.batch_size,
+            normalize=args.normalize,
+            show_progress_bar=show,
+            return_answers=args.answers is not None,
+            truncation=args.truncation,
+            **options,
+        )
+        vecs, answers = result if isinstance(result, tuple) else (result, None)
+        outputs.write(0, lambda f: np.save(f, vecs))
+        if answers is not None:
+            lines = "".join(
+                _json_line({"text": t, "answer": a}) + "\n" for t, a in zip(texts, answers, strict=True)
+            )
+            outputs.write(1, lambda f: f.write(lines.encode("utf-8")))
+        outputs.commit()
+    finally:
+        outputs.abort()
     if not args.quiet:
         print(f"wrote {out}: {vecs.shape[0]} x {vecs.shape[1]} float32", file=sys.stderr)
     return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from inbedder.runtime.bundle import load_manifest
+    from inbedder.runtime import Embedder
 
-    m = load_manifest(args.bundle, verify=not args.no_verify)
+    # The checks `Embedder` runs (manifest fields, files, the family's, tokenizer and graphs).
+    m = Embedder(args.bundle, verify=not args.no_verify).manifest
     print(json.dumps(m.to_json(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from inbedder.runtime.hub import push_bundle
+
+    print(push_bundle(args.bundle, args.repo_id, private=args.private, revision=args.revision))
     return 0
 
 
@@ -222,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_cmd_quantize)
 
     m = sub.add_parser("embed", help="embed texts from a file or stdin with a bundle")
-    m.add_argument("-m", "--model", required=True, help="bundle directory")
+    m.add_argument("-m", "--model", required=True, help="bundle directory, or a hub name org/name")
     m.add_argument("-i", "--instruction", default=None)
     m.add_argument("input", nargs="?", default="-", help="text file (one per line, or JSONL) or -")
     m.add_argument("-o", "--output", required=True, help="output .npy")
@@ -247,22 +359,47 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=_cmd_models)
 
     i = sub.add_parser("info", help="print a bundle's manifest after checking it")
-    i.add_argument("bundle")
+    i.add_argument("bundle", help="bundle directory, or a hub name org/name")
     i.add_argument("--no-verify", action="store_true", help="skip the sha256 check")
     i.set_defaults(func=_cmd_info)
+
+    u = sub.add_parser("push", help="publish a bundle on the Hugging Face Hub with a model card")
+    u.add_argument("bundle", help="bundle directory")
+    u.add_argument("repo_id", metavar="ORG/NAME")
+    u.add_argument("--private", action="store_true", help="create the repository private")
+    u.add_argument("--revision", default=None, help="branch to commit to (default: main)")
+    u.set_defaults(func=_cmd_push)
     return p
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI. A user's problem (every `InbedderError`, an existing output) is one line on
-    stderr and exit code 2; anything else is a bug and shows its traceback."""
+    stderr and exit code 2; an operating-system error (disk full, read-only file system, no
+    permission) is one line naming the file and exit code 1; Ctrl-C and SIGTERM remove temporary
+    files and directories and exit 130; anything else is a bug and shows its traceback."""
     args = build_parser().parse_args(argv)
+    previous = None
+    with contextlib.suppress(ValueError):  # ValueError: not the main thread
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args))
     except (InbedderError, FileExistsError) as e:
         # ExportValidationError and QuantizationRefused carry the figures in their text.
         print(f"inbedder {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"inbedder {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"inbedder {args.command}: interrupted; nothing was changed", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

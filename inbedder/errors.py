@@ -2,7 +2,8 @@
 
 Scope: standard library only, importable from every stage. `InbedderError` is what inbedder raises
 for anything a user can fix (a damaged bundle, an unknown option, a refused quantization); the CLI
-prints those as one line and exits 2, and lets every other exception show its traceback.
+prints those as one line and exits 2 (an `OSError`: one line, exit 1; Ctrl-C/SIGTERM: exit 130),
+and lets every other exception show its traceback.
 `InputError` and `InputTypeError` are also `ValueError` / `TypeError`, so code that catches the
 built-in kinds keeps working.
 """
@@ -37,3 +38,17 @@ class ExportValidationError(InbedderError):
 
 class QuantizationRefused(InbedderError):
     """The converted bundle drifts from its fp32 source past the bound; nothing was written."""
+
+
+def surrogate_at(text: str) -> int | None:
+    """Index of the first lone surrogate in `text` (not valid Unicode: tokenizers cannot take it),
+    or None. O(len) in C, in 64 Ki-character chunks (no copy of a long text)."""
+    if text.isascii():
+        return None
+    step = 1 << 16
+    for i in range(0, len(text), step):
+        try:
+            text[i : i + step].encode("utf-8")
+        except UnicodeEncodeError as e:  # strict UTF-8 fails on surrogates only
+            return i + e.start
+    return None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +17,7 @@ from typing import Any, Literal
 from inbedder.errors import InputError
 from inbedder.onnxfile import data_name
 from inbedder.runtime import Embedder, cuda_available
-from inbedder.runtime.bundle import Manifest, load_manifest, move_files, write_bundle
+from inbedder.runtime.bundle import Manifest, bundle_root, load_manifest, move_files, staging, write_bundle
 from inbedder.runtime.samples import calibration_pairs
 from inbedder.runtime.session import Device
 
@@ -60,8 +59,9 @@ def quantize_bundle(
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if not 0.0 < min_cosine <= 1.0:
         raise InputError(f"min_cosine must be in (0, 1], got {min_cosine}")
-    src, out = Path(src), Path(out)
     manifest = load_manifest(src)
+    root: Path = bundle_root(src)  # the current version's files
+    out = Path(out)
     if manifest.precision != "fp32":
         raise InputError(f"{src}: quantize from an fp32 bundle (this one is {manifest.precision})")
     if out.exists() and not overwrite:
@@ -77,8 +77,6 @@ def quantize_bundle(
     label = "built-in" if calibration is None else "user"
     reference = Embedder(src)  # loaded now: `out` may replace `src`
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.quantize-", dir=out.parent))
     device: Device = "cuda" if precision == "fp16" and cuda_available() else "cpu"
 
     def stage_and_gate(record: dict[str, Any], graphs_dir: Path) -> tuple[Manifest, GateFigures]:
@@ -97,22 +95,20 @@ def quantize_bundle(
             files={},
         )
         stage = work / "staged"
+        shutil.rmtree(stage, ignore_errors=True)  # an earlier attempt's
         staged = write_bundle(
-            stage,
-            staged_manifest,
-            lambda d: _copy_graphs(graphs_dir, d, src, manifest, staged_manifest),
-            overwrite=True,
+            stage, staged_manifest, lambda d: _copy_graphs(graphs_dir, d, root, manifest, staged_manifest)
         )
         candidate = Embedder(stage, device=device, verify=False)
         return staged, compare(reference, candidate, pairs, bound=min_cosine, calibration=label)
 
-    try:
+    with staging(out, "quantize") as work:
         if precision == "int8":
             staged, figures = _int8_with_fallback(
-                src, manifest, work, reference, pairs, reduce_range, per_channel, fallback, stage_and_gate
+                root, manifest, work, reference, pairs, reduce_range, per_channel, fallback, stage_and_gate
             )
         else:
-            staged, figures = stage_and_gate(_to_fp16(src, manifest, work, reference, pairs), work)
+            staged, figures = stage_and_gate(_to_fp16(root, manifest, work, reference, pairs), work)
         if not figures.passed:
             attempts = staged.options["quantization"].get("attempts")
             raise QuantizationRefused(
@@ -120,10 +116,7 @@ def quantize_bundle(
                 + (f"; earlier attempts: {attempts}" if attempts else "")
             )
         final = dataclasses.replace(staged, validation=figures.as_json(), files={})
-        written = write_bundle(out, final, lambda d: move_files(work / "staged", d), overwrite=overwrite)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return written
+        return write_bundle(out, final, lambda d: move_files(work / "staged", d), overwrite=overwrite)
 
 
 def _count(path: Path, op_type: str) -> int:

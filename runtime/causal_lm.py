@@ -18,7 +18,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+from tokenizers import Tokenizer
 
+from inbedder.errors import BundleError
+
+from .bundle import Manifest
 from .pipeline import Pipeline, positive_int
 from .prompt import Encoded
 
@@ -28,6 +32,31 @@ _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 class CausalAnswerPipeline(Pipeline):
     family = "causal-lm"
     options: ClassVar[Mapping[str, Any]] = {"max_new_tokens": 3}
+    recipes = ("causal-answer", "causal-answer-avg")
+    graphs: ClassVar[Mapping[str, tuple[str, ...]]] = {"decoder": ("logits", "last_hidden")}
+
+    @classmethod
+    def check_manifest(cls, manifest: Manifest, tokenizer: Tokenizer, origin: str) -> None:
+        cache = manifest.options.get("cache")
+        if not isinstance(cache, dict) or any(
+            isinstance(cache.get(k), bool) or not isinstance(cache.get(k), int) or cache[k] < 1
+            for k in ("layers", "kv_heads", "head_dim")
+        ):
+            raise BundleError(
+                f"{origin}: options.cache must be an object of positive ints layers, kv_heads, head_dim; "
+                f"got {cache!r}"
+            )
+        if "eos" not in manifest.special_tokens:
+            raise BundleError(f"{origin}: special_tokens.eos is missing (the decode stops there)")
+        if manifest.pooling.get("type", "fst_gen") not in ("fst_gen", "avg_gen"):
+            raise BundleError(f"{origin}: pooling.type must be 'fst_gen' or 'avg_gen'")
+        super().check_manifest(manifest, tokenizer, origin)
+        inputs = manifest.graphs["decoder"].inputs
+        needed = [f"past_{k}_{i}" for i in range(cache["layers"]) for k in ("key", "value")]
+        if [n for n in needed if n not in inputs]:
+            raise BundleError(
+                f"{origin}: graphs.decoder.inputs lack the cache inputs of {cache['layers']} layers"
+            )
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)

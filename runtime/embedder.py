@@ -11,15 +11,15 @@ import itertools
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal, get_args, overload
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from inbedder.errors import BundleError, InputError, InputTypeError
+from inbedder.errors import BundleError, InputError, InputTypeError, surrogate_at
 
-from .bundle import Manifest, load_manifest
+from .bundle import Bundle, Manifest, load_bundle
+from .hub import resolve_bundle
 from .pipeline import Pipeline, pipeline_for
 from .prompt import TRUNCATION_MODES, TruncationMode
 from .session import Device, resolve_device
@@ -27,6 +27,17 @@ from .session import Device, resolve_device
 Texts = str | Iterable[str]
 OutputPrecision = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
 OUTPUT_PRECISIONS: tuple[OutputPrecision, ...] = get_args(OutputPrecision)
+
+
+def _check_unicode(name: str, s: str) -> None:
+    """A lone surrogate (from a JSON escape or `surrogateescape` decoding) is not valid Unicode and
+    the tokenizer cannot take it: such a text is rejected, never silently replaced."""
+    where = surrogate_at(s)
+    if where is not None:
+        raise InputError(
+            f"{name} contains a lone surrogate U+{ord(s[where]):04X} at character {where}: not valid "
+            "Unicode; such texts are rejected (fix or drop it)"
+        )
 
 
 def _check_texts(texts: object) -> list[str]:
@@ -40,11 +51,13 @@ def _check_texts(texts: object) -> list[str]:
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise InputTypeError(f"texts[{i}] must be str, got {type(t).__name__}")
+        _check_unicode(f"texts[{i}]", t)
     return list(texts)
 
 
 def _check_instructions(instruction: object, n: int) -> list[str]:
     if isinstance(instruction, str):
+        _check_unicode("instruction", instruction)
         return [instruction] * n
     if isinstance(instruction, bytes) or not isinstance(instruction, Sequence):
         raise InputTypeError(
@@ -55,6 +68,7 @@ def _check_instructions(instruction: object, n: int) -> list[str]:
     for i, s in enumerate(instruction):
         if not isinstance(s, str):
             raise InputTypeError(f"instruction[{i}] must be str, got {type(s).__name__}")
+        _check_unicode(f"instruction[{i}]", s)
     return list(instruction)
 
 
@@ -88,12 +102,15 @@ class Embedder:
         *,
         verify: bool = True,
     ):
-        self.bundle_dir = Path(bundle_dir)
-        self.manifest: Manifest = load_manifest(self.bundle_dir, verify=verify)
+        self.bundle_dir = resolve_bundle(bundle_dir)  # a directory, or a hub name fetched into the cache
         self.device = resolve_device(device)
-        self.pipeline: Pipeline = pipeline_for(self.manifest)(
-            self.bundle_dir, self.manifest, self.device, threads
-        )
+
+        def build(bundle: Bundle) -> tuple[Manifest, Pipeline]:
+            # Run while this version of the bundle is locked: every file comes from it.
+            return bundle.manifest, pipeline_for(bundle.manifest)(bundle, self.device, threads)
+
+        loaded: tuple[Manifest, Pipeline] = load_bundle(self.bundle_dir, build, verify=verify)
+        self.manifest, self.pipeline = loaded
 
     @property
     def dim(self) -> int:

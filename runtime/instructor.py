@@ -9,8 +9,20 @@ batch can mix instructions of different lengths. There is no answer.
 
 from __future__ import annotations
 
+from tokenizers import Tokenizer
+
+from inbedder.errors import BundleError
+
+from .bundle import Manifest
 from .pipeline import EmbeddingGraphPipeline
 
 
 class InstructorPipeline(EmbeddingGraphPipeline):
     family = "instructor"
+    recipes = ("instructor",)
+
+    @classmethod
+    def check_manifest(cls, manifest: Manifest, tokenizer: Tokenizer, origin: str) -> None:
+        if "pool_start" not in manifest.pooling:  # without it the instruction would be pooled too
+            raise BundleError(f"{origin}: pooling.pool_start is missing (which tokens are the text's)")
+        super().check_manifest(manifest, tokenizer, origin)

@@ -18,7 +18,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+from tokenizers import Tokenizer
 
+from inbedder.errors import BundleError
+
+from .bundle import MAX_ANSWER_SLOTS, Manifest
 from .pipeline import Pipeline, positive_int
 from .prompt import Encoded
 
@@ -26,6 +30,19 @@ from .prompt import Encoded
 class MaskedAnswerPipeline(Pipeline):
     family = "masked-lm"
     options: ClassVar[Mapping[str, Any]] = {"decode_steps": 1}
+    recipes = ("masked-answer", "masked-answer-pair")
+    graphs: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "encoder": ("slot_states", "answer_ids", "answer_logprobs")
+    }
+
+    @classmethod
+    def check_manifest(cls, manifest: Manifest, tokenizer: Tokenizer, origin: str) -> None:
+        slots = manifest.prompt.answer_slots
+        if not 1 <= slots <= MAX_ANSWER_SLOTS:
+            raise BundleError(f"{origin}: prompt.answer_slots must be in 1..{MAX_ANSWER_SLOTS}, got {slots}")
+        if "pad" not in manifest.special_tokens:  # the graph skips pads when it numbers positions
+            raise BundleError(f"{origin}: special_tokens.pad is missing (batches are padded with it)")
+        super().check_manifest(manifest, tokenizer, origin)
 
     def check_option(self, name: str, value: Any) -> Any:
         # k passes fill at most one slot each before the last: 1..S+1 (slots + 1)

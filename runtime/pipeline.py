@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -24,11 +23,16 @@ from tokenizers import Tokenizer
 
 from inbedder.errors import BundleError, InputError, InputTypeError
 
-from .bundle import Manifest
+from .bundle import MANIFEST_NAME, Bundle, Manifest
 from .prompt import Encoded, PromptTokenizer, pad_batch
 from .session import make_session
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
 
 
 def module_name(family: str) -> str:
@@ -97,16 +101,91 @@ class Pipeline:
         if cls.family:
             _REGISTRY[cls.family] = cls
 
-    def __init__(self, root: Path, manifest: Manifest, device: str, threads: int | None):
+    # Family checks of the manifest (`check_manifest`): the recipes the family runs, and per graph
+    # role the outputs the pipeline reads.
+    recipes: ClassVar[tuple[str, ...]] = ()
+    graphs: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+
+    def __init__(self, bundle: Bundle, device: str, threads: int | None):
+        manifest = bundle.manifest
         self.manifest = manifest
-        self.tokenizer = Tokenizer.from_file(str(root / manifest.tokenizer_file))
+        origin = str(bundle.root / MANIFEST_NAME)
+        tok_path = bundle.root / manifest.tokenizer_file
+        try:
+            self.tokenizer = Tokenizer.from_str(bundle.tokenizer_json)  # the bytes that were hashed
+        except Exception as e:
+            raise BundleError(
+                f"{tok_path}: not a tokenizer `tokenizers` can read ({_first_line(e)})"
+            ) from None
+        type(self).check_manifest(manifest, self.tokenizer, origin)
         self.prompts = PromptTokenizer(self.tokenizer, manifest.prompt, manifest.truncation)
-        self.sessions = {
-            role: make_session(root / g.file, device, threads, g.cpu_disabled_optimizers)
-            for role, g in manifest.graphs.items()
-        }
+        fixed = self.prompts.fixed_tokens()
+        if manifest.truncation.max_length < fixed:
+            raise BundleError(
+                f"{origin}: truncation.max_length {manifest.truncation.max_length} is below the "
+                f"prompt's {fixed} fixed tokens (template, answer slots, special tokens)"
+            )
+        self.sessions = {}
+        for role, g in manifest.graphs.items():
+            path = bundle.root / g.file
+            session = make_session(path, device, threads, g.cpu_disabled_optimizers)
+            declared = [i.name for i in session.get_inputs()]
+            if sorted(declared) != sorted(g.inputs):
+                raise BundleError(
+                    f"{path}: the graph's inputs {declared} differ from the manifest's "
+                    f"graphs.{role}.inputs {list(g.inputs)}"
+                )
+            missing = set(g.outputs) - {o.name for o in session.get_outputs()}
+            if missing:
+                raise BundleError(
+                    f"{path}: the graph has no outputs {sorted(missing)} (graphs.{role}.outputs)"
+                )
+            self.sessions[role] = session
         self.pad_id = int(manifest.special_tokens.get("pad", 0))
         self._recording: dict[str, list[dict[str, np.ndarray]]] | None = None
+
+    @classmethod
+    def check_manifest(cls, manifest: Manifest, tokenizer: Tokenizer, origin: str) -> None:
+        """What this family needs of a manifest, checked at load (`BundleError` naming the field).
+        Families extend it (calling `super()`)."""
+
+        def fail(msg: str) -> None:
+            raise BundleError(f"{origin}: {msg}")
+
+        if cls.recipes and manifest.recipe not in cls.recipes:
+            fail(
+                f"recipe {manifest.recipe!r} is not one the {cls.family!r} family runs ({list(cls.recipes)})"
+            )
+        for role, outputs in cls.graphs.items():
+            if role not in manifest.graphs:
+                fail(f"graph {role!r} is missing (a {cls.family!r} bundle needs {sorted(cls.graphs)})")
+            lacking = [o for o in outputs if o not in manifest.graphs[role].outputs]
+            if lacking:
+                fail(f"graphs.{role}.outputs lacks {lacking}")
+        vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+        table = manifest.source.get("vocab_size")
+        if table is not None:
+            if isinstance(table, bool) or not isinstance(table, int) or table < 1:
+                fail(f"source.vocab_size must be a positive int, got {table!r}")
+            if vocab > table:
+                fail(
+                    f"the tokenizer's vocabulary ({vocab} tokens, added ones included) does not fit the "
+                    f"graph's embedding table (source.vocab_size {table})"
+                )
+        limit = min(vocab, table) if table else vocab
+        for name, tid in manifest.special_tokens.items():
+            if tid >= limit:
+                fail(f"special_tokens.{name} {tid} is outside the vocabulary ({limit} tokens)")
+        special_ids = manifest.decode.get("special_ids", [])
+        if not isinstance(special_ids, list) or any(
+            isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < limit for i in special_ids
+        ):
+            fail(f"decode.special_ids must be token ids within the vocabulary ({limit} tokens)")
+        if (
+            manifest.prompt.slot_token is not None
+            and tokenizer.token_to_id(manifest.prompt.slot_token) is None
+        ):
+            fail(f"slot token {manifest.prompt.slot_token!r} is not in the tokenizer's vocabulary")
 
     # -- options ----------------------------------------------------------------------------
     def resolve_options(self, asked: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,10 +228,13 @@ class Pipeline:
         empty instruction (nothing to leave out)."""
         if rule.get("count") != "instruction":
             raise BundleError(f"unknown pooling.pool_start rule {dict(rule)!r} in the manifest")
-        text = instruction.strip() if rule.get("strip") else instruction
-        if not text:
+        counted = instruction.strip() if rule.get("strip") else instruction
+        if not counted:
             return 0
-        return max(self.prompts.token_count(text) + int(rule.get("offset", 0)), 0)
+        # A stand-in of a very long instruction counts differently, but past every position of the
+        # (truncated) prompt either way: nothing of it is pooled, as with the full count.
+        n = self.prompts.token_count(self.prompts.stand_in(counted))
+        return max(n + int(rule.get("offset", 0)), 0)
 
     def feed(self, role: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The inputs graph `role` declares, taken from `arrays`."""
@@ -163,7 +245,13 @@ class Pipeline:
         feed = self.feed(role, arrays)
         if self._recording is not None:
             self._recording.setdefault(role, []).append(feed)
-        outs = self.sessions[role].run(list(spec.outputs), feed)
+        try:
+            outs = self.sessions[role].run(list(spec.outputs), feed)
+        except Exception as e:  # onnxruntime's own kinds: a graph that loads but cannot run
+            raise BundleError(
+                f"graph {spec.file!r} ({role}) failed in onnxruntime ({_first_line(e)}); the bundle may "
+                "be damaged"
+            ) from None
         return dict(zip(spec.outputs, outs, strict=True))
 
     def pad(self, batch: Sequence[Encoded]) -> dict[str, np.ndarray]:
@@ -206,6 +294,14 @@ class EmbeddingGraphPipeline(Pipeline):
     the prompt tokenizer from the manifest's `pooling.pool_start` rule."""
 
     answers = False
+    graphs: ClassVar[Mapping[str, tuple[str, ...]]] = {"encoder": ("embedding",)}
+
+    @classmethod
+    def check_manifest(cls, manifest: Manifest, tokenizer: Tokenizer, origin: str) -> None:
+        rule = manifest.pooling.get("pool_start")
+        if rule is not None and (not isinstance(rule, dict) or rule.get("count") != "instruction"):
+            raise BundleError(f"{origin}: unknown pooling.pool_start rule {rule!r}")
+        super().check_manifest(manifest, tokenizer, origin)
 
     def embed_batch(
         self, batch: Sequence[Encoded], want_answers: bool, options: Mapping[str, Any]

@@ -68,6 +68,25 @@ def fill(template: str, text: str, instruction: str) -> tuple[str, tuple[int, in
     return "".join(out), span
 
 
+_CHARS_PER_TOKEN = 8  # first guess of a head's length; doubled while it gives too few tokens
+_MARGIN_TOKENS = 32  # tokens past the limit at each end of a stand-in (merges near a cut)
+_CUT_SPACES = " \t\n"  # whitespace that starts a pre-token in every tokenizer
+
+
+def _run_start(text: str, at: int, window: int) -> int:
+    """The start of the run of whitespace nearest before `at` (within `window` characters), so
+    that a cut there falls on a pre-token boundary; `at` itself when there is none."""
+    lo = max(at - window, 1)
+    i = at
+    while i >= lo and text[i] not in _CUT_SPACES:
+        i -= 1
+    if i < lo:
+        return at
+    while i > lo and text[i - 1] in _CUT_SPACES:
+        i -= 1
+    return i
+
+
 def _clone(tok: Tokenizer) -> Tokenizer:
     return Tokenizer.from_str(tok.to_str())
 
@@ -92,6 +111,7 @@ class PromptTokenizer:
                 raise BundleError(f"slot token {prompt.slot_token!r} is not in the tokenizer's vocabulary")
             self.slot_id = sid
         self.slot_suffix = (prompt.slot_token or "") * prompt.answer_slots
+        self.bounded = True  # long texts replaced by a stand-in (`stand_in`); False: the full text
 
     @cached_property
     def _ref(self) -> Tokenizer:
@@ -107,9 +127,40 @@ class PromptTokenizer:
         tok.enable_truncation(self.max_length, strategy="only_first", direction="right")
         return tok
 
+    def fixed_tokens(self) -> int:
+        """Tokens of the prompt with an empty text and an empty instruction (template, answer
+        slots, special tokens): what every prompt holds."""
+        return len(self._encode(self._plain, self.segments("", "")[0]).ids)
+
     def token_count(self, text: str) -> int:
         """Tokens of `text` alone, special tokens included, never truncated."""
-        return len(self._plain.encode(text).ids)
+        return len(self._encode(self._plain, [text]).ids)
+
+    # -- long texts: cost bounded by max_length --------------------------------------------
+    def stand_in(self, text: str) -> str:
+        """A short text that every truncation mode treats exactly as `text`: its head and its
+        tail, each tokenizing to more than `max_length` (+ a margin) tokens, joined.
+
+        Why the result is the same: every mode keeps at most `max_length` tokens, from the start of
+        the text (mode "input", pairs) or from the end of the prompt (left truncation), and counts
+        the tokens around the text's two ends (template merges). The head and the tail are cut at
+        the start of a run of ASCII whitespace, where every tokenizer here (byte-level BPE,
+        WordPiece, Metaspace/Unigram) starts a new pre-token, so their tokens are the full text's;
+        the tokens at the junction lie in the middle, where every mode drops them. Texts without
+        such whitespace near the cut (e.g. CJK) are cut at a character, and the margin absorbs the
+        few merges that differ there. Cost: O(max_length) characters tokenized, not O(len(text)).
+        """
+        if not self.bounded:
+            return text
+        need = self.max_length + _MARGIN_TOKENS
+        n = _CHARS_PER_TOKEN * need
+        while 2 * n < len(text):
+            head = text[: _run_start(text, n, n // 2)]
+            tail = text[_run_start(text, len(text) - n, n // 2) :]
+            if self.token_count(head) > need and self.token_count(tail) > need:
+                return head + tail
+            n *= 2
+        return text
 
     # -- building strings -------------------------------------------------------------------
     def segments(self, text: str, instruction: str) -> tuple[list[str], tuple[int, int], int]:
@@ -139,6 +190,9 @@ class PromptTokenizer:
     def encode(self, text: str, instruction: str, truncation: str = "input") -> Encoded:
         if truncation not in TRUNCATION_MODES:
             raise InputError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
+        # A long instruction is never cut in mode "input" but is truncated by the reference rule:
+        # its stand-in gives the same prompt, as the text's does.
+        text, instruction = self.stand_in(text), self.stand_in(instruction)
         segs, span, where = self.segments(text, instruction)
         if truncation == "reference":
             enc = self._encode(self._ref, segs)
@@ -152,7 +206,7 @@ class PromptTokenizer:
             try:
                 return self._finish(self._encode(self._first_only, segs), truncated=True)
             except Exception:
-                return self._finish(self._encode(self._ref, segs), truncated=True)
+                return self._finish(self._encode(self._ref, segs), truncated=True, fallback=instruction)
         return self._cut_input(text, instruction, enc, span, where)
 
     def _cut_input(
@@ -181,15 +235,24 @@ class PromptTokenizer:
         if len(trial.ids) <= self.max_length:
             return self._finish(trial, truncated=True)
         # Template + instruction + slots alone exceed the limit: the reference rule.
-        return self._finish(self._encode(self._ref, segs), truncated=True)
+        return self._finish(self._encode(self._ref, segs), truncated=True, fallback=instruction)
 
-    def _finish(self, enc: Encoding, truncated: bool) -> Encoded:
+    def _finish(self, enc: Encoding, truncated: bool, fallback: str | None = None) -> Encoded:
+        """`fallback`: the instruction, when mode "input" fell back to the reference rule because
+        the prompt without the text does not fit (the error then says so)."""
         ids = list(enc.ids)
         slots: list[int] = []
         if self.prompt.answer_slots:
             found = [i for i, t in enumerate(ids) if t == self.slot_id]
             slots = found[-self.prompt.answer_slots :]
             if len(slots) < self.prompt.answer_slots:
+                if fallback is not None:
+                    raise InputError(
+                        f"the instruction is too long: the prompt without the text (template, "
+                        f"instruction, {self.prompt.answer_slots} answer slots) exceeds the bundle's "
+                        f"max_length {self.max_length} tokens, and truncation would remove answer "
+                        "slots; use a shorter instruction"
+                    )
                 raise InputError(
                     f"truncation removed answer slots ({len(slots)} of {self.prompt.answer_slots} "
                     "left); use truncation='input' or a shorter instruction"

@@ -13,7 +13,7 @@ from typing import Literal, get_args
 
 import onnxruntime as ort
 
-from inbedder.errors import DeviceError, InputError
+from inbedder.errors import BundleError, DeviceError, InputError
 
 Device = Literal["cpu", "cuda", "auto"]
 DEVICES: tuple[Device, ...] = get_args(Device)
@@ -59,9 +59,22 @@ def make_session(
         opts.inter_op_num_threads = 1
     providers = [_CUDA, _CPU] if device == "cuda" else [_CPU]
     disabled = list(cpu_disabled_optimizers) if device == "cpu" else []
-    session = ort.InferenceSession(
-        str(Path(path)), sess_options=opts, providers=providers, disabled_optimizers=disabled
-    )
+    try:
+        # enable_fallback=0: no retry on other providers (and none of the "EP Error" banner that
+        # onnxruntime prints to stdout before one); versions without the option ignore it.
+        session = ort.InferenceSession(
+            str(Path(path)),
+            sess_options=opts,
+            providers=providers,
+            disabled_optimizers=disabled,
+            enable_fallback=0,
+        )
+    except Exception as e:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph kinds
+        lines = str(e).strip().splitlines()
+        cause = (lines[0] if lines else type(e).__name__)[:300]
+        if device == "cuda" and _loads_on_cpu(path):
+            raise DeviceError(f"{path}: onnxruntime could not create a CUDA session ({cause})") from None
+        raise BundleError(f"{path}: onnxruntime cannot load this graph ({cause})") from None
     if device == "cuda" and session.get_providers()[0] != _CUDA:
         # onnxruntime falls back to CPU when the CUDA libraries fail to load; we do not.
         raise DeviceError(
@@ -69,3 +82,12 @@ def make_session(
             f"{session.get_providers()}); check the CUDA/cuDNN libraries onnxruntime-gpu needs"
         )
     return session
+
+
+def _loads_on_cpu(path: str | os.PathLike[str]) -> bool:
+    """Whether the graph loads on the CPU (tells a CUDA failure from a damaged graph)."""
+    try:
+        ort.InferenceSession(str(Path(path)), providers=[_CPU], enable_fallback=0)
+    except Exception:
+        return False
+    return True

@@ -135,8 +135,8 @@ def test_empty_string_is_embedded_as_an_empty_input(emb: Embedder):
         (["ok", None], r"texts\[1\] must be str, got NoneType"),
         (["ok", "fine", 3], r"texts\[2\] must be str, got int"),
         ([b"bytes"], r"texts\[0\] must be str, got bytes"),
-        (None, "texts must be a list of str"),
-        (42, "texts must be a list of str"),
+        (None, "texts must be a str or an iterable of str"),
+        (42, "texts must be a str or an iterable of str"),
     ],
 )
 def test_wrong_text_types_name_the_index(emb: Embedder, texts, match):
