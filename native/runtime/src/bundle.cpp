@@ -47,10 +47,12 @@ std::string py_str_repr(const std::string& s) {
   return out + q;
 }
 
-const json& at(const json& obj, const char* key) {
+// obj[key]; a missing key is "<where.key> is missing", as runtime/bundle.py says it.
+const json& at(const json& obj, const char* key, const char* where = "") {
   if (!obj.is_object()) throw Malformed{"TypeError", "expected a JSON object, got " + py_repr(obj)};
   auto it = obj.find(key);
-  if (it == obj.end()) throw Malformed{"KeyError", py_str_repr(key)};
+  if (it == obj.end())
+    throw Malformed{"missing", (*where ? std::string(where) + "." : std::string()) + key};
   return *it;
 }
 
@@ -97,7 +99,7 @@ Manifest parse(const json& d) {
   m.family = str_of(at(d, "family"), "family");
   m.recipe = str_of(at(d, "recipe"), "recipe");
   const json& p = at(d, "prompt");
-  m.prompt.segments = strings_of(at(p, "segments"), "prompt.segments");
+  m.prompt.segments = strings_of(at(p, "segments", "prompt"), "prompt.segments");
   if (p.contains("slot_token") && !p["slot_token"].is_null())
     m.prompt.slot_token = str_of(p["slot_token"], "prompt.slot_token");
   m.prompt.answer_slots =
@@ -116,7 +118,8 @@ Manifest parse(const json& d) {
           "TypeError",
           "TruncationSpec.__init__() got an unexpected keyword argument '" + it.key() + "'"};
   }
-  m.truncation.max_length = std::size_t(int_of(at(t, "max_length"), "truncation.max_length"));
+  m.truncation.max_length =
+      std::size_t(int_of(at(t, "max_length", "truncation"), "truncation.max_length"));
   if (t.contains("side")) m.truncation.side = str_of(t["side"], "truncation.side");
   if (t.contains("strategy")) m.truncation.strategy = str_of(t["strategy"], "truncation.strategy");
   const json& graphs = at(d, "graphs");
@@ -260,6 +263,7 @@ Manifest load_manifest(const std::string& bundle_dir, bool verify) {
   try {
     m = parse(raw);
   } catch (const Malformed& e) {
+    if (e.kind == "missing") throw BundleError(mpath + ": " + e.detail + " is missing");
     throw BundleError(mpath + ": malformed manifest (" + e.kind + ": " + e.detail + ")");
   } catch (const json::exception& e) {
     throw BundleError(mpath + ": malformed manifest (TypeError: " + e.what() + ")");

@@ -180,7 +180,7 @@ Encoded PromptTokenizer::encode(std::string_view text, std::string_view instruct
     try {
       return finish(run(f, &first_only_), true);
     } catch (const tok::TokenizerError&) {
-      return finish(run(f, &ref_), true);
+      return finish(run(f, &ref_), true, true);
     }
   }
   return cut_input(text, instruction, enc, f);
@@ -210,10 +210,12 @@ Encoded PromptTokenizer::cut_input(std::string_view text, std::string_view instr
   tok::Encoding trial = run(empty, &plain_);
   if (trial.ids.size() <= max_length_) return finish(trial, true);
   // Template + instruction + slots alone exceed the limit: the reference rule.
-  return finish(run(empty, &ref_), true);
+  return finish(run(empty, &ref_), true, true);
 }
 
-Encoded PromptTokenizer::finish(const tok::Encoding& enc, bool truncated) const {
+// fallback: mode "input" fell back to the reference rule because the prompt without the text
+// does not fit (the error then says so).
+Encoded PromptTokenizer::finish(const tok::Encoding& enc, bool truncated, bool fallback) const {
   Encoded e;
   e.ids.assign(enc.ids.begin(), enc.ids.end());
   e.type_ids.assign(enc.type_ids.begin(), enc.type_ids.end());
@@ -225,6 +227,12 @@ Encoded PromptTokenizer::finish(const tok::Encoding& enc, bool truncated) const 
     std::size_t want = std::size_t(prompt_.answer_slots);
     std::size_t from = found.size() > want ? found.size() - want : 0;
     e.slots.assign(found.begin() + long(from), found.end());
+    if (e.slots.size() < want && fallback)
+      throw ValueError(
+          "the instruction is too long: the prompt without the text (template, instruction, " +
+          std::to_string(want) + " answer slots) exceeds the bundle's max_length " +
+          std::to_string(max_length_) +
+          " tokens, and truncation would remove answer slots; use a shorter instruction");
     if (e.slots.size() < want)
       throw ValueError("truncation removed answer slots (" + std::to_string(e.slots.size()) +
                        " of " + std::to_string(want) +

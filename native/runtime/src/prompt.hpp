@@ -53,7 +53,7 @@ class PromptTokenizer {
   tok::Encoding run(const Filled& f, const tok::Truncation* trunc) const;
   Encoded cut_input(std::string_view text, std::string_view instruction, const tok::Encoding& enc,
                     const Filled& f) const;
-  Encoded finish(const tok::Encoding& enc, bool truncated) const;
+  Encoded finish(const tok::Encoding& enc, bool truncated, bool fallback = false) const;
 
   const tok::Tokenizer& tok_;
   PromptSpec prompt_;
