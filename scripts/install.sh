@@ -37,3 +37,28 @@ if [ ! -s "$GPT2_TGZ" ]; then
 fi
 echo "$GPT2_SHA256  $GPT2_TGZ" | sha256sum -c --quiet - || { echo "bad $GPT2_TGZ"; rm -f "$GPT2_TGZ"; exit 1; }
 # end of native build dependencies
+
+# ONNX Runtime headers for the native build (native/runtime): the C/C++ API headers of Debian
+# trixie's libonnxruntime-dev (API 21; they work with the wheel's newer library through the
+# versioned C API), unpacked into .cache/onnxruntime/include without installing the package.
+# The library itself is the onnxruntime wheel's (onnxruntime/capi/libonnxruntime.so.*).
+ORT_INC=.cache/onnxruntime/include
+if [ ! -f "$ORT_INC/onnxruntime_cxx_api.h" ]; then
+  tmp=$(mktemp -d) && chmod 755 "$tmp"  # apt's _apt user writes there
+  mkdir -p "$tmp/lists/partial"
+  # The Debian mirror this machine's apt already uses (its main archive, not -security), for trixie.
+  mirror=$(sed -n 's/^URIs: *\([^ ]*\/debian\)$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)
+  [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) { print $i; exit } }' /etc/apt/sources.list 2>/dev/null)
+  [ -n "$mirror" ] || { echo "install.sh: no Debian mirror in apt's sources; set ONNXRUNTIME_ROOT instead"; exit 1; }
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie main" >"$tmp/sources.list"
+  o="-o Dir::Etc::sourcelist=$tmp/sources.list -o Dir::Etc::sourceparts=- -o Dir::State::Lists=$tmp/lists"
+  # shellcheck disable=SC2086
+  apt-get $o -q update >/dev/null
+  # shellcheck disable=SC2086
+  (cd "$tmp" && apt-get $o -q download libonnxruntime-dev >/dev/null)
+  dpkg -x "$tmp"/libonnxruntime-dev_*.deb "$tmp/x"
+  mkdir -p "$ORT_INC"
+  cp -r "$tmp"/x/usr/include/onnxruntime/. "$ORT_INC"/
+  rm -rf "$tmp"
+fi
+# end of: ONNX Runtime headers for the native build

@@ -1,0 +1,193 @@
+"""Native runtime (libinbedder) against the Python runtime on the same int8 bundle, in one run.
+
+Scope: a RoBERTa masked-LM with random weights (speed does not depend on weight values), shape
+"large" (roberta-large: 24 x 1024, FFN 4096, vocab 50265; bench/models.py) or "base" (12 x 768,
+FFN 3072, same vocabulary), exported by inbedder and quantized to int8. Each (runtime, batch)
+runs in its own process so that its peak RSS (VmHWM) is its own: texts/s at batch 1 and 8 on 32
+prompts of exactly T tokens (median of RUNS), time from open to the first vector, peak RSS
+against the bundle's weight size. The native side is `inbedder-bench` (C API, no Python). Also
+prints the shared library's size, the libraries it links (ldd) and the CPU flags.
+
+    python bench/native.py --work /tmp/inbedder-native-bench [--shape large|base] [--runs 5]
+
+Prints a table and writes native-results.json in the work directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# `python bench/native.py` puts bench/ first on sys.path, where bench/tokenize.py would shadow
+# the standard library's tokenize (torch imports it).
+if sys.path and Path(sys.path[0] or ".").resolve() == HERE:
+    sys.path.pop(0)
+ROOT = HERE.parent
+INSTRUCTION = "What is the main topic?"
+SHAPES = {
+    "large": {
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+    },
+    "base": {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+    },
+}
+
+
+def _sibling(name: str):
+    """bench/NAME.py as a module (bench/ is not put on sys.path: its tokenize.py would shadow
+    the standard library's)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", HERE / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def build(work: Path, shape: str) -> Path:
+    models = _sibling("models")
+    byte_level_bpe, roberta_large_shaped = models.byte_level_bpe, models.roberta_large_shaped
+
+    from inbedder.export import export_bundle
+    from inbedder.quantize import quantize_bundle
+
+    ckpt = work / f"ckpt-{shape}"
+    if shape == "large":
+        roberta_large_shaped(ckpt)
+    elif not (ckpt / "config.json").exists():
+        import torch
+        from transformers import RobertaConfig, RobertaForMaskedLM
+
+        cfg = RobertaConfig(
+            vocab_size=50265, max_position_embeddings=514, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+            **SHAPES[shape],
+        )  # fmt: skip
+        torch.manual_seed(0)
+        RobertaForMaskedLM(cfg).eval().save_pretrained(ckpt)
+        byte_level_bpe().save_pretrained(ckpt)
+    fp32, int8 = work / f"fp32-{shape}", work / f"int8-{shape}"
+    if not (fp32 / "inbedder.json").exists():
+        export_bundle(str(ckpt), fp32, overwrite=True)
+    if not (int8 / "inbedder.json").exists():
+        quantize_bundle(fp32, int8, overwrite=True)
+    return int8
+
+
+def texts_of(bundle: Path, tokens: int, n: int) -> list[str]:
+    return _sibling("bench").texts_of(bundle, tokens, n)
+
+
+def python_worker(bundle: Path, texts_file: Path, batch: int, runs: int, threads: int) -> dict:
+    """Runs in its own process (--worker)."""
+    t0 = time.perf_counter()
+    from inbedder import Embedder
+
+    texts = texts_file.read_text(encoding="utf-8").splitlines()
+    emb = Embedder(bundle, threads=threads)
+    emb.encode(texts[:1], INSTRUCTION)
+    first = time.perf_counter() - t0
+    emb.encode(texts, INSTRUCTION, batch_size=batch)  # warm-up
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        emb.encode(texts, INSTRUCTION, batch_size=batch)
+        times.append(time.perf_counter() - t)
+    med = sorted(times)[len(times) // 2]
+    peak_rss_mb = _sibling("bench").peak_rss_mb
+    return {"open_to_first_vector_s": first, "median_s": med, "texts_per_s": len(texts) / med,
+            "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+
+
+def native_build() -> Path:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from native import build_native
+
+    return build_native()
+
+
+def cpu_flags() -> dict:
+    info = Path("/proc/cpuinfo").read_text()
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?"
+    )
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    keep = [f for f in flags if f.startswith(("avx", "sse4", "fma", "amx", "vnni")) or f == "f16c"]
+    return {"model": model, "cores": info.count("processor\t:"), "flags": keep}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/inbedder-native-bench"))
+    ap.add_argument("--shape", choices=tuple(SHAPES), default="large")
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--texts", type=int, default=32)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker is not None:
+        bundle = args.work / f"int8-{args.shape}"
+        print(json.dumps(python_worker(bundle, args.worker, args.batch, args.runs, args.threads)))
+        return
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    bundle = build(args.work, args.shape)
+    build_dir = native_build()
+    texts_file = args.work / f"texts-{args.tokens}.txt"
+    texts_file.write_text("\n".join(texts_of(bundle, args.tokens, args.texts)) + "\n", encoding="utf-8")
+    from inbedder.runtime.bundle import load_manifest
+
+    m = load_manifest(bundle, verify=False)
+    weights_mb = sum(int(r["bytes"]) for n, r in m.files.items() if n != m.tokenizer_file) / 2**20
+    tool = build_dir / "native" / "runtime" / "inbedder-bench"
+    rows = []
+    for batch in (1, 8):
+        for runtime in ("python", "native"):
+            if runtime == "native":
+                cmd = [str(tool), str(bundle), str(texts_file), INSTRUCTION, str(batch), str(args.runs),
+                       str(args.threads)]  # fmt: skip
+            else:
+                cmd = [sys.executable, __file__, "--work", str(args.work), "--shape", args.shape,
+                       "--worker", str(texts_file), "--batch", str(batch), "--runs", str(args.runs),
+                       "--threads", str(args.threads)]  # fmt: skip
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            rows.append({"runtime": runtime, "batch": batch, **json.loads(out.strip().splitlines()[-1])})
+    lib = (build_dir / "native" / "runtime" / "libinbedder.so").resolve()
+    ldd = subprocess.run(["ldd", str(lib)], capture_output=True, text=True).stdout
+    result = {
+        "shape": args.shape, "tokens": args.tokens, "texts": args.texts, "threads": args.threads,
+        "weights_mb": weights_mb, "rows": rows, "cpu": cpu_flags(),
+        "libinbedder_bytes": lib.stat().st_size,
+        "ldd": [ln.split()[0] for ln in ldd.splitlines() if ln.strip()],
+    }  # fmt: skip
+    (args.work / "native-results.json").write_text(json.dumps(result, indent=2))
+    print(f"int8 roberta-{args.shape}-shaped bundle, weights {weights_mb:.0f} MB; {args.texts} prompts of "
+          f"{args.tokens} tokens; {args.threads} threads; {result['cpu']['model']}")  # fmt: skip
+    head = f"{'runtime':8} {'batch':>5} {'texts/s':>9} {'open->1st vector s':>19} {'peak RSS MB':>12}"
+    print(f"{head} {'RSS/weights':>12}")
+    for r in rows:
+        first, rss = r["open_to_first_vector_s"], r["peak_rss_mb"]
+        print(
+            f"{r['runtime']:8} {r['batch']:>5} {r['texts_per_s']:>9.2f} {first:>19.3f} {rss:>12.0f} "
+            f"{rss / weights_mb:>12.2f}"
+        )
+    print(f"libinbedder.so: {lib.stat().st_size / 1e6:.2f} MB; links {', '.join(result['ldd'])}")
+    print(f"CPU flags: {' '.join(result['cpu']['flags'])}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+// The bundle's manifest (inbedder.json) and the checks made at open, as runtime/bundle.py.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace inbedder {
+
+inline constexpr const char* kManifestName = "inbedder.json";
+inline constexpr const char* kFormatName = "inbedder-bundle";
+inline constexpr int kFormatVersion = 1;
+
+// Same cases and texts as runtime/bundle.py's BundleError.
+class BundleError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Python's ValueError / TypeError equivalents (an argument or option the caller got wrong).
+class ValueError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+class OptionError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+class UnsupportedError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+class DeviceError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct PromptSpec {
+  std::vector<std::string> segments;  // 1 template, or 2 (a text pair)
+  std::optional<std::string> slot_token;
+  int answer_slots = 0;
+  bool strip = false;
+};
+
+struct TruncationSpec {
+  std::size_t max_length = 512;
+  std::string side = "right";
+  std::string strategy = "longest_first";
+};
+
+struct GraphSpec {
+  std::string file;
+  std::optional<std::string> data;
+  std::vector<std::string> inputs;
+  std::vector<std::string> outputs;
+  std::vector<std::string> cpu_disabled_optimizers;
+};
+
+struct FileRecord {
+  std::optional<uint64_t> bytes;
+  std::optional<std::string> sha256;
+  nlohmann::ordered_json bytes_json;  // as written, for messages
+};
+
+struct Manifest {
+  std::string family;
+  std::string recipe;
+  PromptSpec prompt;
+  TruncationSpec truncation;
+  std::vector<std::pair<std::string, GraphSpec>> graphs;  // manifest order
+  int embedding_dim = 0;
+  nlohmann::ordered_json pooling;
+  std::vector<std::string> postprocess;
+  std::map<std::string, int64_t> special_tokens;
+  nlohmann::ordered_json decode;
+  std::string precision = "fp32";
+  nlohmann::ordered_json options;
+  std::vector<std::pair<std::string, FileRecord>> files;  // manifest order
+  std::string tokenizer_file = "tokenizer.json";
+  int format_version = kFormatVersion;
+
+  const GraphSpec& graph(const std::string& role) const;
+};
+
+// Python's str(pathlib.Path(p)): no trailing or doubled slashes, no "." components.
+std::string pure_path(const std::string& p);
+// Python's repr() of a JSON value, for messages (None, 'text', 2, [...]).
+std::string py_repr(const nlohmann::ordered_json& v);
+
+// Reads and checks <dir>/inbedder.json; throws BundleError (verify: also each file's sha256).
+Manifest load_manifest(const std::string& bundle_dir, bool verify = true);
+
+}  // namespace inbedder

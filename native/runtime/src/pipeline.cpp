@@ -1,0 +1,267 @@
+// The base pipeline's stages and the family registry (runtime/pipeline.py).
+#include "pipeline.hpp"
+
+#include <algorithm>
+
+#include "session.hpp"
+
+namespace inbedder {
+namespace {
+
+const Ort::MemoryInfo& cpu_memory() {
+  static Ort::MemoryInfo info = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+  return info;
+}
+
+struct Family {
+  const char* name;
+  Factory make;
+};
+const Family kFamilies[] = {{"causal-lm", make_causal_lm},
+                            {"instructor", make_instructor},
+                            {"masked-lm", make_masked_lm},
+                            {"sentence-encoder", make_sentence_encoder}};
+
+}  // namespace
+
+Ort::Value I64Tensor::value() {
+  return Ort::Value::CreateTensor<int64_t>(cpu_memory(), data.data(), data.size(), shape.data(),
+                                           shape.size());
+}
+
+std::vector<int64_t> shape_of(const Ort::Value& v) {
+  return v.GetTensorTypeAndShapeInfo().GetShape();
+}
+
+std::vector<float> to_float(const Ort::Value& v) {
+  auto info = v.GetTensorTypeAndShapeInfo();
+  std::size_t n = info.GetElementCount();
+  std::vector<float> out(n);
+  switch (info.GetElementType()) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: {
+      const float* p = v.GetTensorData<float>();
+      std::copy(p, p + n, out.begin());
+      break;
+    }
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: {
+      const Ort::Float16_t* p = v.GetTensorData<Ort::Float16_t>();
+      for (std::size_t i = 0; i < n; ++i) out[i] = p[i].ToFloat();
+      break;
+    }
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: {
+      const double* p = v.GetTensorData<double>();
+      for (std::size_t i = 0; i < n; ++i) out[i] = float(p[i]);
+      break;
+    }
+    default:
+      throw std::runtime_error("graph output has an element type that is not a float type");
+  }
+  return out;
+}
+
+std::vector<int64_t> to_int64(const Ort::Value& v) {
+  auto info = v.GetTensorTypeAndShapeInfo();
+  std::size_t n = info.GetElementCount();
+  std::vector<int64_t> out(n);
+  if (info.GetElementType() == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64) {
+    const int64_t* p = v.GetTensorData<int64_t>();
+    std::copy(p, p + n, out.begin());
+  } else if (info.GetElementType() == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32) {
+    const int32_t* p = v.GetTensorData<int32_t>();
+    std::copy(p, p + n, out.begin());
+  } else {
+    throw std::runtime_error("graph output has an element type that is not an integer type");
+  }
+  return out;
+}
+
+Pipeline::Pipeline(const std::string& root, const Manifest& manifest, const std::string& device,
+                   int threads)
+    : root_(root),
+      manifest_(manifest),
+      device_(device),
+      tokenizer_(tok::Tokenizer::from_file(pure_path(root + "/" + manifest.tokenizer_file))) {
+  prompts_ = std::make_unique<PromptTokenizer>(tokenizer_, manifest_.prompt, manifest_.truncation);
+  for (const auto& [role, g] : manifest_.graphs)
+    sessions_[role] = make_session(pure_path(root + "/" + g.file), g, device, threads);
+  auto it = manifest_.special_tokens.find("pad");
+  pad_id_ = it == manifest_.special_tokens.end() ? 0 : it->second;
+}
+
+const Ort::Session& Pipeline::session(const std::string& role) const {
+  auto it = sessions_.find(role);
+  if (it == sessions_.end())
+    throw BundleError("the bundle has no graph '" + role + "' (family " + manifest_.family + ")");
+  return *it->second;
+}
+
+std::vector<Encoded> Pipeline::tokenize(const std::vector<std::string>& texts,
+                                        const std::vector<std::string>& instructions,
+                                        const std::string& truncation) const {
+  std::vector<Encoded> out;
+  out.reserve(texts.size());
+  for (std::size_t i = 0; i < texts.size(); ++i)
+    out.push_back(prompts_->encode(texts[i], instructions[i], truncation));
+  auto it = manifest_.pooling.find("pool_start");
+  if (it == manifest_.pooling.end() || it->is_null() || (it->is_object() && it->empty()))
+    return out;
+  std::map<std::string, long long> starts;  // one count per distinct instruction
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    auto s = starts.find(instructions[i]);
+    if (s == starts.end())
+      s = starts.emplace(instructions[i], pool_start(instructions[i], *it)).first;
+    out[i].pool_start = s->second;
+  }
+  return out;
+}
+
+long long Pipeline::pool_start(const std::string& instruction,
+                               const nlohmann::ordered_json& rule) const {
+  // The token count of the instruction encoded alone (special tokens included; stripped first
+  // if `strip`) plus `offset` (-1 leaves its closing special token pooled, as INSTRUCTOR and
+  // sentence-transformers count); 0 for an empty instruction.
+  if (!rule.is_object() || !rule.contains("count") || rule["count"] != "instruction")
+    throw BundleError("unknown pooling.pool_start rule " + py_repr(rule) + " in the manifest");
+  bool strip = rule.contains("strip") && rule["strip"].is_boolean() && rule["strip"].get<bool>();
+  long long offset = rule.contains("offset") && rule["offset"].is_number_integer()
+                         ? rule["offset"].get<long long>()
+                         : 0;
+  std::string text = strip ? py_strip(instruction) : instruction;
+  if (text.empty()) return 0;  // nothing to leave out
+  std::size_t n = prompts_->token_count(text);
+  return std::max<long long>((long long)n + offset, 0);
+}
+
+long long positive_int(const std::string& name, const nlohmann::ordered_json& value, long long lo,
+                       std::optional<long long> hi) {
+  bool ok = value.is_number_integer() && value.get<long long>() >= lo &&
+            (!hi || value.get<long long>() <= *hi);
+  if (!ok) {
+    std::string span = hi        ? "an int in " + std::to_string(lo) + ".." + std::to_string(*hi)
+                       : lo == 1 ? std::string("a positive int")
+                                 : "an int >= " + std::to_string(lo);
+    throw ValueError(name + " must be " + span + ", got " + py_repr(value));
+  }
+  return value.get<long long>();
+}
+
+long long Pipeline::check_option(const std::string&, long long value) const { return value; }
+
+FamilyOptions Pipeline::resolve_options(const FamilyOptions& asked) const {
+  auto opts = options();
+  std::vector<std::string> names, unknown;
+  for (const auto& [n, d] : opts) names.push_back(n);
+  for (const auto& [n, v] : asked)
+    if (std::find(names.begin(), names.end(), n) == names.end()) unknown.push_back(n);
+  if (!unknown.empty()) {
+    auto list = [](std::vector<std::string> v) {
+      std::sort(v.begin(), v.end());
+      std::string s;
+      for (const auto& x : v) s += (s.empty() ? "'" : ", '") + x + "'";
+      return "[" + s + "]";
+    };
+    throw OptionError("unknown option(s) " + list(unknown) + " for a " + py_repr(family()) +
+                      " bundle (accepted: " + (names.empty() ? std::string("none") : list(names)) +
+                      ")");
+  }
+  FamilyOptions out;
+  for (const auto& [name, dflt] : opts) {
+    auto a = asked.find(name);
+    if (a != asked.end()) {
+      out[name] = check_option(name, a->second);
+      continue;
+    }
+    auto m = manifest_.options.find(name);
+    if (m != manifest_.options.end() && !m->is_null()) {
+      if (!m->is_number_integer() || m->is_boolean())
+        out[name] = check_option(name, positive_int(name, *m, 1, std::nullopt));
+      else
+        out[name] = check_option(name, m->get<long long>());
+    } else {
+      out[name] = check_option(name, dflt);
+    }
+  }
+  return out;
+}
+
+void EmbeddingGraphPipeline::embed_batch(const std::vector<const Encoded*>& batch, bool,
+                                         const FamilyOptions&, float* out,
+                                         std::vector<std::string>*) const {
+  auto arrays = pad(batch);
+  std::map<std::string, Ort::Value> feed;
+  for (auto& [name, tensor] : arrays) feed.emplace(name, tensor.value());
+  Outputs o = run("encoder", feed);
+  const Ort::Value& e = o.at("embedding");  // (B, D)
+  std::vector<int64_t> shape = shape_of(e);
+  if (shape.size() != 2 || shape[1] != manifest_.embedding_dim)
+    throw BundleError("the graph's embedding output has width " + std::to_string(shape.back()) +
+                      ", the manifest says " + std::to_string(manifest_.embedding_dim));
+  std::vector<float> v = to_float(e);
+  std::copy(v.begin(), v.end(), out);
+}
+
+Outputs Pipeline::run(const std::string& role, std::map<std::string, Ort::Value>& inputs) const {
+  const GraphSpec& spec = manifest_.graph(role);
+  std::vector<const char*> in_names, out_names;
+  std::vector<const OrtValue*> in_values;
+  for (const auto& name : spec.inputs) {
+    auto it = inputs.find(name);
+    if (it == inputs.end())
+      throw BundleError("graph '" + role + "' declares an input '" + name + "' that the " +
+                        manifest_.family + " runtime does not provide");
+    in_names.push_back(name.c_str());
+    in_values.push_back(static_cast<const OrtValue*>(it->second));
+  }
+  for (const auto& name : spec.outputs) out_names.push_back(name.c_str());
+  std::vector<OrtValue*> outs(out_names.size(), nullptr);
+  // Run is thread-safe on one session; everything of this call lives on this stack.
+  Ort::ThrowOnError(
+      Ort::GetApi().Run(const_cast<OrtSession*>(static_cast<const OrtSession*>(session(role))),
+                        nullptr, in_names.data(), in_values.data(), in_values.size(),
+                        out_names.data(), out_names.size(), outs.data()));
+  Outputs result;
+  for (std::size_t i = 0; i < spec.outputs.size(); ++i)
+    result.emplace(spec.outputs[i], Ort::Value(outs[i]));
+  return result;
+}
+
+std::map<std::string, I64Tensor> Pipeline::pad(const std::vector<const Encoded*>& batch) const {
+  // Right padding leaves every real token's position unchanged, so a text's result does not
+  // depend on its neighbours.
+  int64_t n = int64_t(batch.size()), longest = 0;
+  for (const Encoded* e : batch) longest = std::max<int64_t>(longest, int64_t(e->ids.size()));
+  int64_t s = batch.empty() ? 0 : int64_t(batch[0]->slots.size());
+  std::map<std::string, I64Tensor> a;
+  a["input_ids"] = {std::vector<int64_t>(std::size_t(n * longest), pad_id_), {n, longest}};
+  a["attention_mask"] = {std::vector<int64_t>(std::size_t(n * longest), 0), {n, longest}};
+  a["token_type_ids"] = {std::vector<int64_t>(std::size_t(n * longest), 0), {n, longest}};
+  a["slot_positions"] = {std::vector<int64_t>(std::size_t(n * s), 0), {n, s}};  // (B, S)
+  a["pool_start"] = {std::vector<int64_t>(std::size_t(n), 0), {n}};             // (B,)
+  for (int64_t i = 0; i < n; ++i) {
+    const Encoded& e = *batch[std::size_t(i)];
+    std::copy(e.ids.begin(), e.ids.end(), a["input_ids"].data.begin() + i * longest);
+    std::fill_n(a["attention_mask"].data.begin() + i * longest, e.ids.size(), 1);
+    std::copy(e.type_ids.begin(), e.type_ids.end(), a["token_type_ids"].data.begin() + i * longest);
+    std::copy(e.slots.begin(), e.slots.end(), a["slot_positions"].data.begin() + i * s);
+    a["pool_start"].data[std::size_t(i)] = e.pool_start;
+  }
+  return a;
+}
+
+std::string Pipeline::decode_answer(const std::vector<int64_t>& ids) const {
+  std::vector<int32_t> v(ids.begin(), ids.end());
+  std::string text = tokenizer_.decode(v, true);
+  auto it = manifest_.decode.find("clean_up_tokenization_spaces");
+  bool clean = it != manifest_.decode.end() && it->is_boolean() && it->get<bool>();
+  return clean ? tok::clean_up_tokenization(std::move(text)) : text;
+}
+
+std::unique_ptr<Pipeline> make_pipeline(const std::string& root, const Manifest& manifest,
+                                        const std::string& device, int threads) {
+  for (const auto& f : kFamilies)
+    if (manifest.family == f.name) return f.make(root, manifest, device, threads);
+  throw BundleError("bundle family " + py_repr(manifest.family) +
+                    " is not supported by this runtime (upgrade inbedder?)");
+}
+
+}  // namespace inbedder

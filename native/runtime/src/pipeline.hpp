@@ -1,0 +1,121 @@
+// The pipeline a bundle family runs (tokenize -> run graph(s) -> pool), as runtime/pipeline.py:
+// a base class with overridable stages and the registry from the manifest's `family`. The
+// Embedder (embedder.hpp) owns input checks, batching and post-processing; a pipeline sees one
+// batch at a time. Every stage is const and keeps per-call state on the stack, so one pipeline
+// serves several threads at once.
+#pragma once
+
+#include <onnxruntime_cxx_api.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bundle.hpp"
+#include "inbedder/tokenizer.hpp"
+#include "prompt.hpp"
+
+namespace inbedder {
+
+// Per-call family options: as given by the caller, or resolved (every option of the family).
+using FamilyOptions = std::map<std::string, long long>;
+
+// An int64 host tensor: data + shape; `value()` is an Ort::Value viewing it (keep it alive).
+struct I64Tensor {
+  std::vector<int64_t> data;
+  std::vector<int64_t> shape;
+  Ort::Value value();
+};
+
+// Ort outputs of one call, by name.
+using Outputs = std::map<std::string, Ort::Value>;
+
+// Copies a float32 / float16 / float64 tensor to float32.
+std::vector<float> to_float(const Ort::Value& v);
+// Copies an int64 / int32 tensor to int64.
+std::vector<int64_t> to_int64(const Ort::Value& v);
+std::vector<int64_t> shape_of(const Ort::Value& v);
+
+class Pipeline {
+ public:
+  Pipeline(const std::string& root, const Manifest& manifest, const std::string& device,
+           int threads);
+  virtual ~Pipeline() = default;
+
+  virtual bool answers() const { return true; }
+  // Per-call options of the family and their defaults (runtime's `Pipeline.options`).
+  virtual std::vector<std::pair<std::string, long long>> options() const { return {}; }
+  // Every option of the family: the call's value, else the manifest's options[name], else the
+  // default; each checked (OptionError for a name the family does not take, ValueError for a
+  // bad value).
+  FamilyOptions resolve_options(const FamilyOptions& asked) const;
+
+  // Prompts -> Encoded, with pool_start from the manifest's pooling.pool_start rule.
+  virtual std::vector<Encoded> tokenize(const std::vector<std::string>& texts,
+                                        const std::vector<std::string>& instructions,
+                                        const std::string& truncation) const;
+  // Writes (B, D) float32 embeddings (before post-processing) to out and, if asked, B answers;
+  // options are resolved (resolve_options).
+  virtual void embed_batch(const std::vector<const Encoded*>& batch, bool want_answers,
+                           const FamilyOptions& options, float* out,
+                           std::vector<std::string>* answers) const = 0;
+
+  const Manifest& manifest() const { return manifest_; }
+  const std::string& family() const { return manifest_.family; }
+  std::string decode_answer(const std::vector<int64_t>& ids) const;
+
+ protected:
+  // Runs graph `role` with the inputs it declares, taken from `inputs` (by name).
+  Outputs run(const std::string& role, std::map<std::string, Ort::Value>& inputs) const;
+  // Right padding: input_ids, attention_mask, token_type_ids (B, T), slot_positions (B, S),
+  // pool_start (B,).
+  std::map<std::string, I64Tensor> pad(const std::vector<const Encoded*>& batch) const;
+  const Ort::Session& session(const std::string& role) const;
+  virtual long long check_option(const std::string& name, long long value) const;
+  long long pool_start(const std::string& instruction, const nlohmann::ordered_json& rule) const;
+
+  std::string root_;
+  Manifest manifest_;
+  std::string device_;
+  tok::Tokenizer tokenizer_;
+  std::unique_ptr<PromptTokenizer> prompts_;
+  std::map<std::string, std::unique_ptr<Ort::Session>> sessions_;
+  int64_t pad_id_ = 0;
+};
+
+// Families whose graph pools and projects itself: one pass of graph "encoder", output
+// "embedding" (B, D); no answers (instructor, sentence-encoder).
+class EmbeddingGraphPipeline : public Pipeline {
+ public:
+  using Pipeline::Pipeline;
+  bool answers() const override { return false; }
+  void embed_batch(const std::vector<const Encoded*>& batch, bool want_answers,
+                   const FamilyOptions& options, float* out,
+                   std::vector<std::string>* answers) const override;
+};
+
+// "name must be an int in lo..hi, got v" / "a positive int" (runtime's positive_int).
+long long positive_int(const std::string& name, const nlohmann::ordered_json& value, long long lo,
+                       std::optional<long long> hi);
+
+// The registry: manifest family -> pipeline (BundleError for an unknown family).
+std::unique_ptr<Pipeline> make_pipeline(const std::string& root, const Manifest& manifest,
+                                        const std::string& device, int threads);
+
+// Family factories, one per file named as the Python module (masked_lm.cpp, causal_lm.cpp,
+// instructor.cpp, sentence_encoder.cpp).
+using Factory = std::unique_ptr<Pipeline> (*)(const std::string&, const Manifest&,
+                                              const std::string&, int);
+std::unique_ptr<Pipeline> make_masked_lm(const std::string&, const Manifest&, const std::string&,
+                                         int);
+std::unique_ptr<Pipeline> make_causal_lm(const std::string&, const Manifest&, const std::string&,
+                                         int);
+std::unique_ptr<Pipeline> make_instructor(const std::string&, const Manifest&, const std::string&,
+                                          int);
+std::unique_ptr<Pipeline> make_sentence_encoder(const std::string&, const Manifest&,
+                                                const std::string&, int);
+
+}  // namespace inbedder

@@ -1,0 +1,77 @@
+// Session options match runtime/session.py: all graph optimizations, weights through the
+// device allocator (not the arena), intra-op threads if asked (inter-op 1), and on CPU the
+// manifest's cpu_disabled_optimizers (the fusions the quantizer left out for CPU on purpose).
+#include "session.hpp"
+
+#include <mutex>
+
+namespace inbedder {
+namespace {
+
+// Appends the CUDA provider; returns ORT's error text, or "" on success.
+std::string append_cuda(Ort::SessionOptions& opts) {
+  const OrtApi& api = Ort::GetApi();
+  OrtCUDAProviderOptionsV2* cuda = nullptr;
+  OrtStatus* st = api.CreateCUDAProviderOptions(&cuda);
+  if (st == nullptr) {
+    st = api.SessionOptionsAppendExecutionProvider_CUDA_V2(opts, cuda);
+    api.ReleaseCUDAProviderOptions(cuda);
+  }
+  if (st == nullptr) return "";
+  std::string msg = api.GetErrorMessage(st);
+  api.ReleaseStatus(st);
+  return msg.empty() ? "unknown error" : msg;
+}
+
+std::string available_providers() {
+  std::string out;
+  for (const auto& p : Ort::GetAvailableProviders()) out += (out.empty() ? "" : ", ") + p;
+  return out;
+}
+
+}  // namespace
+
+Ort::Env& ort_env() {
+  static Ort::Env env(ORT_LOGGING_LEVEL_ERROR, "inbedder");
+  return env;
+}
+
+std::string resolve_device(const std::string& device) {
+  if (device != "cpu" && device != "cuda" && device != "auto")
+    throw ValueError("device must be one of ('cpu', 'cuda', 'auto'), got '" + device + "'");
+  if (device == "cpu") return device;
+  Ort::SessionOptions probe;
+  std::string why = append_cuda(probe);
+  if (why.empty()) return "cuda";
+  if (device == "auto") return "cpu";
+  throw DeviceError(
+      "device='cuda' was asked for but onnxruntime cannot use the CUDAExecutionProvider: " + why +
+      " (available: " + available_providers() +
+      "). Use an onnxruntime-gpu library on a machine with an NVIDIA GPU, or device='cpu'.");
+}
+
+std::unique_ptr<Ort::Session> make_session(const std::string& path, const GraphSpec& spec,
+                                           const std::string& device, int threads) {
+  Ort::SessionOptions opts;
+  opts.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
+  opts.AddConfigEntry("session.use_device_allocator_for_initializers", "1");
+  if (threads > 0) {
+    opts.SetIntraOpNumThreads(threads);
+    opts.SetInterOpNumThreads(1);
+  }
+  if (device == "cuda") {
+    std::string why = append_cuda(opts);
+    if (!why.empty())
+      throw DeviceError("CUDAExecutionProvider could not be initialised for " + path + ": " + why);
+  } else if (!spec.cpu_disabled_optimizers.empty()) {
+    // ';'-separated: onnxruntime's header says "comma separated", but its parser splits on ';'
+    // (1.32: "A,B" disables nothing, "A;B" both; checked against the Python API's
+    // disabled_optimizers on an int8 graph).
+    std::string list;
+    for (const auto& o : spec.cpu_disabled_optimizers) list += (list.empty() ? "" : ";") + o;
+    opts.AddConfigEntry("optimization.disable_specified_optimizers", list.c_str());
+  }
+  return std::make_unique<Ort::Session>(ort_env(), path.c_str(), opts);
+}
+
+}  // namespace inbedder

@@ -1,0 +1,37 @@
+// Test driver for internal pieces: `sha256 FILE...` prints one hex digest per line;
+// `npy OUT ROWS COLS` writes floats 0, 1, 2, ... as a (ROWS, COLS) .npy; `manifest DIR [0|1]`
+// prints the BundleError text (or "ok") of opening a bundle's manifest.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "bundle.hpp"
+#include "npy.hpp"
+#include "sha256.hpp"
+
+int main(int argc, char** argv) {
+  if (argc >= 3 && std::strcmp(argv[1], "sha256") == 0) {
+    for (int i = 2; i < argc; ++i) std::printf("%s\n", inbedder::sha256_file(argv[i]).c_str());
+    return 0;
+  }
+  if (argc == 5 && std::strcmp(argv[1], "npy") == 0) {
+    std::size_t r = std::stoul(argv[3]), c = std::stoul(argv[4]);
+    std::vector<float> v(r * c);
+    for (std::size_t i = 0; i < v.size(); ++i) v[i] = float(i) * 0.5f;
+    inbedder::write_npy_f32(argv[2], v.data(), r, c);
+    return 0;
+  }
+  if ((argc == 3 || argc == 4) && std::strcmp(argv[1], "manifest") == 0) {
+    try {
+      inbedder::load_manifest(argv[2], argc == 3 || std::strcmp(argv[3], "0") != 0);
+      std::printf("ok\n");
+    } catch (const inbedder::BundleError& e) {
+      std::printf("%s\n", e.what());
+    }
+    return 0;
+  }
+  std::fprintf(stderr,
+               "usage: inbedder_internal_tool sha256 FILE... | npy OUT R C | manifest DIR\n");
+  return 2;
+}

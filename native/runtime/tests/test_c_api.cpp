@@ -1,0 +1,345 @@
+// The C API under bad input (NULL pointers, missing or damaged bundles, wrong sizes, invalid
+// UTF-8, unknown options, zero texts) and its thread-safety contract (8 threads on one handle
+// give the vectors of sequential calls). Bundle paths come from INBEDDER_TEST_BUNDLE (a masked-lm
+// bundle) and INBEDDER_TEST_CAUSAL_BUNDLE; tests needing one skip without it.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "inbedder/inbedder.h"
+#include "inbedder/inbedder.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string env(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+#define NEED_BUNDLE(var, name) \
+  std::string var = env(name); \
+  if (var.empty()) GTEST_SKIP() << name " is not set"
+
+std::string last() { return inbedder_last_error(); }
+
+struct Model {
+  inbedder_model* m = nullptr;
+  explicit Model(const std::string& path, const inbedder_options* o = nullptr) {
+    EXPECT_EQ(inbedder_model_open(path.c_str(), o, &m), INBEDDER_OK) << last();
+  }
+  ~Model() { inbedder_model_close(m); }
+};
+
+const char* kTexts[] = {"I love cats!", "",
+                        "Ça coûte 20 €, naïve café — 東京で会いましょう 🙂",
+                        "a literal <mask> and {instruction} inside", "ok"};
+const char* kInstr = "What animal is mentioned?";
+
+}  // namespace
+
+TEST(CApi, NullPointersAreErrorsNotCrashes) {
+  EXPECT_EQ(inbedder_options_create(nullptr), INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(last().find("NULL"), std::string::npos);
+  EXPECT_EQ(inbedder_options_set_int(nullptr, "threads", 1), INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(inbedder_options_set_string(nullptr, "device", "cpu"), INBEDDER_ERR_INVALID_ARGUMENT);
+  inbedder_options* o = nullptr;
+  ASSERT_EQ(inbedder_options_create(&o), INBEDDER_OK);
+  EXPECT_EQ(inbedder_options_set_int(o, nullptr, 1), INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(inbedder_options_set_string(o, "device", nullptr), INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(inbedder_options_clear(o, nullptr), INBEDDER_ERR_INVALID_ARGUMENT);
+  inbedder_options_destroy(o);
+  inbedder_model* m = reinterpret_cast<inbedder_model*>(0x1);
+  EXPECT_EQ(inbedder_model_open(nullptr, nullptr, &m), INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(m, nullptr);
+  EXPECT_EQ(inbedder_model_open("x", nullptr, nullptr), INBEDDER_ERR_INVALID_ARGUMENT);
+  size_t d = 0;
+  const char* s = nullptr;
+  int a = 0;
+  EXPECT_EQ(inbedder_model_dim(nullptr, &d), INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(inbedder_model_info(nullptr, "recipe", &s), INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(inbedder_model_answers(nullptr, &a), INBEDDER_ERR_INVALID_ARGUMENT);
+  inbedder_result* r = nullptr;
+  EXPECT_EQ(inbedder_encode(nullptr, kTexts, nullptr, 1, &kInstr, 1, nullptr, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(inbedder_encode(nullptr, kTexts, nullptr, 1, &kInstr, 1, nullptr, nullptr),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  const float* f = nullptr;
+  EXPECT_EQ(inbedder_result_embeddings(nullptr, &f, nullptr, nullptr),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(inbedder_result_copy_embeddings(nullptr, nullptr, 0, nullptr),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(inbedder_result_answer(nullptr, 0, &s, nullptr), INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(inbedder_embed(nullptr, kTexts, 1, kInstr, nullptr, nullptr, 0, nullptr),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  // Destroying NULL is a no-op.
+  inbedder_options_destroy(nullptr);
+  inbedder_model_close(nullptr);
+  inbedder_result_free(nullptr);
+  EXPECT_STREQ(inbedder_status_name(INBEDDER_ERR_BUNDLE), "INBEDDER_ERR_BUNDLE");
+  EXPECT_STREQ(inbedder_status_name(static_cast<inbedder_status>(99)),
+               "INBEDDER_ERR_UNKNOWN_STATUS");
+}
+
+TEST(CApi, UnknownOptionsAndWrongTypesAreNamed) {
+  inbedder_options* o = nullptr;
+  ASSERT_EQ(inbedder_options_create(&o), INBEDDER_OK);
+  EXPECT_EQ(inbedder_options_set_int(o, "batchsize", 8), INBEDDER_ERR_UNKNOWN_OPTION);
+  EXPECT_NE(last().find("'batchsize'"), std::string::npos) << last();
+  EXPECT_EQ(inbedder_options_set_string(o, "colour", "red"), INBEDDER_ERR_UNKNOWN_OPTION);
+  EXPECT_EQ(inbedder_options_clear(o, "colour"), INBEDDER_ERR_UNKNOWN_OPTION);
+  EXPECT_EQ(inbedder_options_set_string(o, "threads", "2"), INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(inbedder_options_set_int(o, "device", 1), INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(inbedder_options_set_int(o, "batch_size", 8), INBEDDER_OK);
+  EXPECT_STREQ(inbedder_last_error(), "");
+  // An encode option given to open.
+  inbedder_model* m = nullptr;
+  EXPECT_EQ(inbedder_model_open("/nonexistent", o, &m), INBEDDER_ERR_UNKNOWN_OPTION);
+  EXPECT_NE(last().find("batch_size"), std::string::npos) << last();
+  inbedder_options_destroy(o);
+}
+
+TEST(CApi, MissingBundle) {
+  inbedder_model* m = nullptr;
+  EXPECT_EQ(inbedder_model_open("/nonexistent/bundle/", nullptr, &m), INBEDDER_ERR_BUNDLE);
+  EXPECT_EQ(last(), "/nonexistent/bundle: no such bundle directory");
+  fs::path dir = fs::temp_directory_path() / "inbedder-empty-bundle";
+  fs::create_directories(dir);
+  EXPECT_EQ(inbedder_model_open(dir.c_str(), nullptr, &m), INBEDDER_ERR_BUNDLE);
+  EXPECT_NE(last().find("missing manifest"), std::string::npos) << last();
+  fs::remove_all(dir);
+}
+
+TEST(CApi, DamagedBundleEachFile) {
+  NEED_BUNDLE(src, "INBEDDER_TEST_BUNDLE");
+  fs::path tmp = fs::temp_directory_path() / ("inbedder-damaged-" + std::to_string(::getpid()));
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(src))
+    if (e.is_regular_file()) names.push_back(e.path().filename().string());
+  ASSERT_GE(names.size(), 3u);
+  for (const auto& name : names) {
+    for (const char* how : {"remove", "truncate", "flip"}) {
+      fs::remove_all(tmp);
+      fs::copy(src, tmp);
+      fs::path p = tmp / name;
+      if (std::string(how) == "remove") {
+        fs::remove(p);
+      } else if (std::string(how) == "truncate") {
+        fs::resize_file(p, fs::file_size(p) / 2);
+      } else {
+        std::fstream f(p, std::ios::in | std::ios::out | std::ios::binary);
+        f.seekg(0);
+        char c = 0;
+        f.get(c);
+        f.seekp(0);
+        f.put(char(c ^ 0x5a));
+      }
+      inbedder_model* m = nullptr;
+      inbedder_status s = inbedder_model_open(tmp.c_str(), nullptr, &m);
+      EXPECT_EQ(s, INBEDDER_ERR_BUNDLE) << name << " " << how << ": " << last();
+      EXPECT_EQ(m, nullptr);
+      EXPECT_FALSE(last().empty());
+      inbedder_model_close(m);
+    }
+  }
+  fs::remove_all(tmp);
+}
+
+TEST(CApi, BadEncodeArguments) {
+  NEED_BUNDLE(path, "INBEDDER_TEST_BUNDLE");
+  Model mm(path);
+  inbedder_model* m = mm.m;
+  ASSERT_NE(m, nullptr);
+  size_t dim = 0;
+  ASSERT_EQ(inbedder_model_dim(m, &dim), INBEDDER_OK);
+  ASSERT_GT(dim, 0u);
+  const char* v = nullptr;
+  EXPECT_EQ(inbedder_model_info(m, "recipe", &v), INBEDDER_OK);
+  EXPECT_EQ(inbedder_model_info(m, "nope", &v), INBEDDER_ERR_INVALID_ARGUMENT);
+  inbedder_result* r = nullptr;
+  // Zero texts.
+  EXPECT_EQ(inbedder_encode(m, kTexts, nullptr, 0, &kInstr, 1, nullptr, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(r, nullptr);
+  // NULL text inside the array, NULL instructions, wrong instruction count.
+  const char* with_null[] = {"a", nullptr};
+  EXPECT_EQ(inbedder_encode(m, with_null, nullptr, 2, &kInstr, 1, nullptr, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(last().find("texts[1]"), std::string::npos);
+  EXPECT_EQ(inbedder_encode(m, kTexts, nullptr, 2, nullptr, 1, nullptr, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  const char* two[] = {kInstr, kInstr};
+  EXPECT_EQ(inbedder_encode(m, kTexts, nullptr, 3, two, 2, nullptr, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(last().find("got 2 instructions for 3 texts"), std::string::npos) << last();
+  // Invalid UTF-8, in a text and in an instruction; explicit lengths with embedded bytes.
+  const char* bad[] = {"fine", "bad \xff\xfe byte"};
+  EXPECT_EQ(inbedder_encode(m, bad, nullptr, 2, &kInstr, 1, nullptr, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(last().find("texts[1] is not valid UTF-8"), std::string::npos) << last();
+  const char* bad_instr = "\xc3(";
+  EXPECT_EQ(inbedder_encode(m, kTexts, nullptr, 1, &bad_instr, 1, nullptr, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  size_t cut[] = {2};
+  const char* trunc_utf8[] = {"\xc3\xa7x"};  // "çx" cut inside nothing: 2 bytes = "ç"
+  ASSERT_EQ(inbedder_encode(m, trunc_utf8, cut, 1, &kInstr, 1, nullptr, &r), INBEDDER_OK) << last();
+  inbedder_result_free(r);
+  size_t cut1[] = {1};
+  EXPECT_EQ(inbedder_encode(m, trunc_utf8, cut1, 1, &kInstr, 1, nullptr, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  // Options: bad values, open options at encode, a family option of another family.
+  inbedder_options* o = nullptr;
+  ASSERT_EQ(inbedder_options_create(&o), INBEDDER_OK);
+  inbedder_options_set_int(o, "batch_size", 0);
+  EXPECT_EQ(inbedder_encode(m, kTexts, nullptr, 2, &kInstr, 1, o, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(last().find("batch_size must be a positive int, got 0"), std::string::npos) << last();
+  inbedder_options_clear(o, "batch_size");
+  inbedder_options_set_string(o, "truncation", "middle");
+  EXPECT_EQ(inbedder_encode(m, kTexts, nullptr, 2, &kInstr, 1, o, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  inbedder_options_clear(o, "truncation");
+  inbedder_options_set_int(o, "max_new_tokens", 3);
+  EXPECT_EQ(inbedder_encode(m, kTexts, nullptr, 2, &kInstr, 1, o, &r), INBEDDER_ERR_UNKNOWN_OPTION);
+  EXPECT_NE(last().find("unknown option(s) ['max_new_tokens'] for a 'masked-lm' bundle"),
+            std::string::npos)
+      << last();
+  inbedder_options_clear(o, "max_new_tokens");
+  inbedder_options_set_int(o, "decode_steps", 99);
+  EXPECT_EQ(inbedder_encode(m, kTexts, nullptr, 2, &kInstr, 1, o, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  inbedder_options_clear(o, "decode_steps");
+  inbedder_options_set_int(o, "threads", 2);
+  EXPECT_EQ(inbedder_encode(m, kTexts, nullptr, 2, &kInstr, 1, o, &r), INBEDDER_ERR_UNKNOWN_OPTION);
+  inbedder_options_destroy(o);
+  // Result buffers: too small reports the size needed; answers not asked for; index past end.
+  ASSERT_EQ(inbedder_encode(m, kTexts, nullptr, 5, &kInstr, 1, nullptr, &r), INBEDDER_OK) << last();
+  size_t need = 0;
+  std::vector<float> small(dim);
+  EXPECT_EQ(inbedder_result_copy_embeddings(r, small.data(), small.size(), &need),
+            INBEDDER_ERR_BUFFER_TOO_SMALL);
+  EXPECT_EQ(need, 5 * dim);
+  std::vector<float> full(need);
+  EXPECT_EQ(inbedder_result_copy_embeddings(r, full.data(), full.size(), &need), INBEDDER_OK);
+  const char* ans = nullptr;
+  EXPECT_EQ(inbedder_result_answer(r, 0, &ans, nullptr), INBEDDER_ERR_UNSUPPORTED);
+  inbedder_result_free(r);
+  ASSERT_EQ(inbedder_options_create(&o), INBEDDER_OK);
+  inbedder_options_set_int(o, "answers", 1);
+  ASSERT_EQ(inbedder_encode(m, kTexts, nullptr, 5, &kInstr, 1, o, &r), INBEDDER_OK) << last();
+  EXPECT_EQ(inbedder_result_answer(r, 4, &ans, nullptr), INBEDDER_OK);
+  EXPECT_EQ(inbedder_result_answer(r, 5, &ans, nullptr), INBEDDER_ERR_OUT_OF_RANGE);
+  inbedder_result_free(r);
+  inbedder_options_destroy(o);
+  // inbedder_embed into a caller buffer.
+  EXPECT_EQ(inbedder_embed(m, kTexts, 5, kInstr, nullptr, small.data(), small.size(), &need),
+            INBEDDER_ERR_BUFFER_TOO_SMALL);
+  EXPECT_EQ(need, 5 * dim);
+  std::vector<float> mine(need);
+  ASSERT_EQ(inbedder_embed(m, kTexts, 5, kInstr, nullptr, mine.data(), mine.size(), &need),
+            INBEDDER_OK);
+  EXPECT_EQ(mine, full);
+}
+
+TEST(CApi, DeviceErrors) {
+  NEED_BUNDLE(path, "INBEDDER_TEST_BUNDLE");
+  inbedder_options* o = nullptr;
+  ASSERT_EQ(inbedder_options_create(&o), INBEDDER_OK);
+  inbedder_options_set_string(o, "device", "gpu");
+  inbedder_model* m = nullptr;
+  EXPECT_EQ(inbedder_model_open(path.c_str(), o, &m), INBEDDER_ERR_INVALID_ARGUMENT);
+  inbedder_options_set_string(o, "device", "auto");
+  ASSERT_EQ(inbedder_model_open(path.c_str(), o, &m), INBEDDER_OK) << last();
+  const char* dev = nullptr;
+  inbedder_model_info(m, "device", &dev);
+  std::string auto_device = dev;
+  inbedder_model_close(m);
+  inbedder_options_set_string(o, "device", "cuda");
+  inbedder_status s = inbedder_model_open(path.c_str(), o, &m);
+  if (auto_device == "cpu") {
+    // No usable CUDA provider (the CPU wheel): an error with ONNX Runtime's reason, no CPU run.
+    EXPECT_EQ(s, INBEDDER_ERR_DEVICE);
+    EXPECT_EQ(m, nullptr);
+    EXPECT_NE(last().find("CUDAExecutionProvider"), std::string::npos) << last();
+    EXPECT_NE(last().find("available: "), std::string::npos) << last();
+  } else {
+    EXPECT_EQ(s, INBEDDER_OK);
+    inbedder_model_close(m);
+  }
+  inbedder_options_destroy(o);
+}
+
+// One handle, 8 threads at once: the vectors of sequential calls, bit for bit.
+static void threads_match(const std::string& path, bool answers) {
+  inbedder::Model m(path);
+  inbedder::Options o;
+  o.set("batch_size", 2);
+  if (answers) o.set("answers", 1);
+  std::vector<std::vector<std::string>> inputs;
+  for (int t = 0; t < 8; ++t) {
+    std::vector<std::string> texts;
+    for (int i = 0; i < 5; ++i)
+      texts.push_back(std::string(kTexts[(t + i) % 5]) + " #" + std::to_string(t));
+    inputs.push_back(texts);
+  }
+  std::vector<std::vector<float>> seq, par(8);
+  std::vector<std::vector<std::string>> seq_a, par_a(8);
+  for (int t = 0; t < 8; ++t) {
+    auto r = m.encode(inputs[t], {kInstr}, o);
+    seq.push_back(r.all());
+    std::vector<std::string> a;
+    if (answers)
+      for (std::size_t i = 0; i < r.size(); ++i) a.push_back(r.answer(i));
+    seq_a.push_back(a);
+  }
+  std::vector<std::thread> pool;
+  std::vector<std::string> errors(8);
+  for (int t = 0; t < 8; ++t) {
+    pool.emplace_back([&, t] {
+      try {
+        for (int rep = 0; rep < 3; ++rep) {
+          auto r = m.encode(inputs[t], {kInstr}, o);
+          par[t] = r.all();
+          par_a[t].clear();
+          if (answers)
+            for (std::size_t i = 0; i < r.size(); ++i) par_a[t].push_back(r.answer(i));
+          if (par[t] != seq[t]) break;
+        }
+      } catch (const std::exception& e) {
+        errors[t] = e.what();
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  for (int t = 0; t < 8; ++t) {
+    EXPECT_EQ(errors[t], "");
+    EXPECT_EQ(par[t], seq[t]) << "thread " << t;
+    EXPECT_EQ(par_a[t], seq_a[t]) << "thread " << t;
+  }
+}
+
+TEST(CApi, EightThreadsOneHandleMasked) {
+  NEED_BUNDLE(path, "INBEDDER_TEST_BUNDLE");
+  threads_match(path, true);
+}
+
+TEST(CApi, EightThreadsOneHandleCausal) {
+  NEED_BUNDLE(path, "INBEDDER_TEST_CAUSAL_BUNDLE");
+  threads_match(path, true);
+}
+
+TEST(CApi, CppWrapperThrowsWithStatus) {
+  try {
+    inbedder::Model m("/nonexistent");
+    FAIL() << "no exception";
+  } catch (const inbedder::Error& e) {
+    EXPECT_EQ(e.status(), INBEDDER_ERR_BUNDLE);
+    EXPECT_NE(std::string(e.what()).find("no such bundle directory"), std::string::npos);
+  }
+}
