@@ -167,6 +167,8 @@ class CausalLMFamily(ExportFamily):
             decode=decode_record(tok),
             options={
                 "max_new_tokens": r.max_new_tokens,
+                # prompt + answer must stay within the model's positions (checked per call)
+                "max_positions": int(getattr(cfg, "max_position_embeddings", 0)) or None,
                 "padding_side": "left",
                 "cache": {"layers": layers, "kv_heads": kv, "head_dim": hd},
             },

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 from tokenizers import Tokenizer
 
-from inbedder.errors import BundleError
+from inbedder.errors import BundleError, InputError
 
 from .bundle import Manifest
 from .pipeline import Pipeline, positive_int
@@ -85,6 +85,15 @@ class CausalAnswerPipeline(Pipeline):
     ) -> tuple[np.ndarray, list[str] | None]:
         budget = options["max_new_tokens"]
         avg = self.manifest.pooling.get("type") == "avg_gen"
+        positions = self.manifest.options.get("max_positions")
+        longest = max(len(e.ids) for e in batch)
+        if positions is not None and longest + budget > positions:
+            # past them a position lookup would fail inside the graph
+            raise InputError(
+                f"a prompt of {longest} tokens and max_new_tokens={budget} pass the model's {positions} "
+                f"positions; ask for at most {positions - longest} new tokens (or export with a smaller "
+                "--max-length)"
+            )
         arrays = self.pad(batch)
         b = len(batch)
         mask = arrays["attention_mask"]

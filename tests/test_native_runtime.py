@@ -255,7 +255,10 @@ def test_cli_lines_stdin_and_single_instruction(bundles, build: Path, tmp_path: 
         input=text.encode(), capture_output=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    lines = text.splitlines()
+    from inbedder.cli import _blank, _split_lines  # the Python CLI's reading rules
+
+    lines = [ln for ln in _split_lines(text, "<stdin>") if not _blank(ln)]
+    assert len(lines) == 3  # the blank line is skipped, the CRLF's \r stripped
     want, answers = Embedder(bundle).encode(lines, "What?", return_answers=True)
     assert np.abs(np.load(tmp_path / "o.npy") - want).max() <= TOL
     recs = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text(encoding="utf-8").splitlines()]

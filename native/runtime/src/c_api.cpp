@@ -272,9 +272,12 @@ inbedder_status inbedder_model_info(const inbedder_model* model, const char* key
       *value = m.precision.c_str();
     else if (k == "device")
       *value = model->embedder->device().c_str();
+    else if (k == "needs_instruction")
+      *value = model->embedder->pipeline().needs_instruction() ? "yes" : "no";
     else
       return fail(INBEDDER_ERR_INVALID_ARGUMENT,
-                  "unknown info key '" + k + "' (known: recipe, family, precision, device)");
+                  "unknown info key '" + k +
+                      "' (known: recipe, family, precision, device, needs_instruction)");
     return INBEDDER_OK;
   });
 }

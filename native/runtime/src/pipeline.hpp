@@ -46,6 +46,8 @@ class Pipeline {
   virtual ~Pipeline() = default;
 
   virtual bool answers() const { return true; }
+  // Whether the recipes embed a text under an instruction (the CLI then requires one).
+  virtual bool needs_instruction() const { return true; }
   // Per-call options of the family and their defaults (runtime's `Pipeline.options`).
   virtual std::vector<std::pair<std::string, long long>> options() const { return {}; }
   // Every option of the family: the call's value, else the manifest's options[name], else the

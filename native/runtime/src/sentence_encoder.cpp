@@ -5,10 +5,19 @@
 #include "pipeline.hpp"
 
 namespace inbedder {
+namespace {
+
+class SentenceEncoderPipeline : public EmbeddingGraphPipeline {
+ public:
+  using EmbeddingGraphPipeline::EmbeddingGraphPipeline;
+  bool needs_instruction() const override { return false; }  // an optional query prefix
+};
+
+}  // namespace
 
 std::unique_ptr<Pipeline> make_sentence_encoder(const std::string& root, const Manifest& m,
                                                 const std::string& device, int threads) {
-  return std::make_unique<EmbeddingGraphPipeline>(root, m, device, threads);
+  return std::make_unique<SentenceEncoderPipeline>(root, m, device, threads);
 }
 
 }  // namespace inbedder

@@ -2,6 +2,7 @@
 // Same flags, same input formats (one text per line, or JSONL with "text" and an optional
 // "instruction"), same outputs (float32 .npy; answers as {"text", "answer"} JSONL), same
 // messages; exit 1 for bad input files (Python's SystemExit), 2 for errors of the runtime.
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -31,7 +32,7 @@ struct Args {
   std::optional<std::string> instruction, answers;
   long long batch_size = 32;
   std::optional<long long> threads, decode_steps, max_new_tokens;
-  bool normalize = false, quiet = false;
+  bool normalize = false, quiet = false, overwrite = false;
 };
 
 [[noreturn]] void usage_error(const std::string& msg) {
@@ -107,6 +108,8 @@ Args parse(int argc, char** argv) {
       a.max_new_tokens = to_int(arg, next());
     } else if (arg == "-q" || arg == "--quiet") {
       a.quiet = true;
+    } else if (arg == "--overwrite") {
+      a.overwrite = true;
     } else if ((arg.size() > 1 && arg[0] == '-') || have_input) {
       usage_error("unrecognized arguments: " + arg);
     } else {
@@ -120,44 +123,21 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-// Length of the UTF-8 sequence at s[i] if it is one of Python's line breaks beyond \n (\v, \f,
-// \x1c-\x1e, U+0085, U+2028, U+2029), else 0.
-std::size_t line_break(const std::string& s, std::size_t i) {
-  unsigned char c = static_cast<unsigned char>(s[i]);
-  if (c == '\n' || c == '\v' || c == '\f' || (c >= 0x1c && c <= 0x1e)) return 1;
-  if (c == 0xc2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) == 0x85) return 2;
-  if (c == 0xe2 && i + 2 < s.size() && static_cast<unsigned char>(s[i + 1]) == 0x80 &&
-      (static_cast<unsigned char>(s[i + 2]) == 0xa8 ||
-       static_cast<unsigned char>(s[i + 2]) == 0xa9))
-    return 3;
-  return 0;
-}
-
-// Python's text-mode read (universal newlines) followed by str.splitlines().
-std::vector<std::string> split_lines(const std::string& raw) {
-  std::string s;
-  s.reserve(raw.size());
-  for (std::size_t i = 0; i < raw.size(); ++i) {
-    if (raw[i] == '\r') {
-      s.push_back('\n');
-      if (i + 1 < raw.size() && raw[i + 1] == '\n') ++i;
-    } else {
-      s.push_back(raw[i]);
-    }
-  }
+// Lines split on "\n" only, one trailing "\r" stripped; every other separator (U+2028, U+0085,
+// form feed, a lone "\r") stays inside its line (as inbedder/cli.py: _split_lines). A leading
+// UTF-8 BOM is not part of the first text.
+std::vector<std::string> split_lines(std::string raw) {
+  if (raw.rfind("\xEF\xBB\xBF", 0) == 0) raw.erase(0, 3);
   std::vector<std::string> lines;
   std::size_t start = 0;
-  for (std::size_t i = 0; i < s.size();) {
-    std::size_t n = line_break(s, i);
-    if (n) {
-      lines.push_back(s.substr(start, i - start));
-      i += n;
-      start = i;
-    } else {
-      ++i;
-    }
+  while (start < raw.size()) {
+    std::size_t end = raw.find('\n', start);
+    if (end == std::string::npos) end = raw.size();
+    std::string line = raw.substr(start, end - start);
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    lines.push_back(line);
+    start = end + 1;
   }
-  if (start < s.size()) lines.push_back(s.substr(start));
   return lines;
 }
 
@@ -189,27 +169,51 @@ std::string lstrip(const std::string& s) {
   return s.substr(i);
 }
 
-bool blank(const std::string& s) { return lstrip(s).empty(); }
+// Nothing to embed: empty, or spaces and tabs only (as inbedder/cli.py: _blank).
+bool blank(const std::string& s) { return s.find_first_not_of(" \t") == std::string::npos; }
+
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// --format auto: by extension (.jsonl/.json/.ndjson: JSONL; .txt: lines), else JSONL when the
+// first non-blank line is a JSON object with a string "text", else lines.
+std::string detect_format(const std::vector<std::string>& lines, const std::string& source) {
+  std::string lower = source;
+  for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (ends_with(lower, ".jsonl") || ends_with(lower, ".json") || ends_with(lower, ".ndjson"))
+    return "jsonl";
+  if (ends_with(lower, ".txt")) return "lines";
+  for (const auto& ln : lines) {
+    if (blank(ln)) continue;
+    if (lstrip(ln).rfind('{', 0) != 0) return "lines";
+    try {
+      nlohmann::json rec = nlohmann::json::parse(ln);
+      return rec.is_object() && rec.contains("text") && rec["text"].is_string() ? "jsonl" : "lines";
+    } catch (const nlohmann::json::exception&) {
+      return "lines";
+    }
+  }
+  return "lines";
+}
 
 struct Texts {
   std::vector<std::string> texts;
-  std::optional<std::vector<std::string>> per_text;
+  std::optional<std::vector<std::optional<std::string>>> per_text;  // nullopt: no instruction
+  std::vector<std::size_t> numbers;                                 // line of each text
+  std::string format;
+  std::size_t lines = 0;
 };
 
 Texts read_texts(const std::string& raw, std::string fmt, const std::string& source) {
   std::vector<std::string> lines = split_lines(raw);
-  if (fmt == "auto") {
-    std::string first;
-    for (const auto& ln : lines)
-      if (!blank(ln)) {
-        first = ln;
-        break;
-      }
-    fmt = lstrip(first).rfind('{', 0) == 0 ? "jsonl" : "lines";
-  }
+  if (fmt == "auto") fmt = detect_format(lines, source);
   Texts out;
+  out.format = fmt;
+  out.lines = lines.size();
   if (fmt == "lines") {
-    out.texts = lines;
+    for (std::size_t n = 1; n <= lines.size(); ++n)
+      if (!blank(lines[n - 1])) out.texts.push_back(lines[n - 1]), out.numbers.push_back(n);
     return out;
   }
   std::vector<std::optional<std::string>> instructions;
@@ -231,14 +235,12 @@ Texts read_texts(const std::string& raw, std::string fmt, const std::string& sou
       instr = rec["instruction"].get<std::string>();
     }
     out.texts.push_back(rec["text"].get<std::string>());
+    out.numbers.push_back(n);
     instructions.push_back(instr);
   }
   bool any = false;
   for (const auto& i : instructions) any = any || i.has_value();
-  if (any) {
-    out.per_text.emplace();
-    for (const auto& i : instructions) out.per_text->push_back(i.value_or(""));
-  }
+  if (any) out.per_text = instructions;
   return out;
 }
 
@@ -305,9 +307,14 @@ int main(int argc, char** argv) {
     source = a.input;
   }
   Texts in = read_texts(raw, a.format, source);
-  if (in.per_text && a.instruction)
-    for (auto& i : *in.per_text)
-      if (i.empty()) i = *a.instruction;
+  std::string out_path = ends_with(a.output, ".npy") ? a.output : a.output + ".npy";
+  std::vector<std::string> outputs = {out_path};
+  if (a.answers) outputs.push_back(*a.answers);
+  for (const auto& o : outputs) {
+    if (std::filesystem::is_directory(o)) exit_msg(o + " is a directory; name the output file");
+    if (std::filesystem::exists(o) && !a.overwrite)
+      exit_msg(o + " exists; pass --overwrite to replace it");
+  }
 
   inbedder_options* open_opts = nullptr;
   check(inbedder_options_create(&open_opts));
@@ -319,8 +326,25 @@ int main(int argc, char** argv) {
   inbedder_options_destroy(open_opts);
   int answers_family = 0;
   check(inbedder_model_answers(model, &answers_family));
-  if (!a.instruction && !in.per_text && answers_family)
-    exit_msg("-i/--instruction is required (or an 'instruction' field per JSONL record)");
+  const char* needs = nullptr;
+  check(inbedder_model_info(model, "needs_instruction", &needs));
+  if (!a.instruction && std::string(needs) == "yes") {
+    // The Python runtime's rule: an instruction must be given (-i, or one per JSONL record).
+    const char* recipe = nullptr;
+    check(inbedder_model_info(model, "recipe", &recipe));
+    if (!in.per_text)
+      exit_msg(std::string("-i/--instruction is required for this bundle (") + recipe +
+               "), or an 'instruction' field in every JSONL record");
+    for (std::size_t k = 0; k < in.texts.size(); ++k)
+      if (!(*in.per_text)[k])
+        exit_msg(source + ":" + std::to_string(in.numbers[k]) +
+                 ": the record has no 'instruction' and no -i was given");
+  }
+  std::vector<std::string>
+      per_text;  // a record's own instruction wins, -i stands in for the others
+  if (in.per_text)
+    for (const auto& i : *in.per_text)
+      per_text.push_back(i && !i->empty() ? *i : a.instruction.value_or(""));
   size_t dim = 0;
   check(inbedder_model_dim(model, &dim));
 
@@ -345,7 +369,7 @@ int main(int argc, char** argv) {
     std::vector<const char*> ins;
     std::string one = a.instruction.value_or("");
     if (in.per_text)
-      for (const auto& s : *in.per_text) ins.push_back(s.c_str());
+      for (const auto& s : per_text) ins.push_back(s.c_str());
     else
       ins.push_back(one.c_str());
     inbedder_result* r = nullptr;
@@ -369,9 +393,9 @@ int main(int argc, char** argv) {
   inbedder_model_close(model);
 
   try {
-    std::filesystem::path parent = std::filesystem::path(a.output).parent_path();
+    std::filesystem::path parent = std::filesystem::path(out_path).parent_path();
     if (!parent.empty()) std::filesystem::create_directories(parent);
-    inbedder::write_npy_f32(a.output, vecs.data(), n, dim);
+    inbedder::write_npy_f32(out_path, vecs.data(), n, dim);
   } catch (const std::exception& e) {
     runtime_error(e.what());
   }
@@ -382,6 +406,11 @@ int main(int argc, char** argv) {
       f << "{\"text\": " << json_str(in.texts[i]) << ", \"answer\": " << json_str(answers[i])
         << "}\n";
   }
-  if (!a.quiet) std::fprintf(stderr, "wrote %s: %zu x %zu float32\n", a.output.c_str(), n, dim);
+  if (!a.quiet) {
+    std::size_t skipped = in.lines - n;
+    std::string blanks = skipped ? ", " + std::to_string(skipped) + " blank line(s) skipped" : "";
+    std::fprintf(stderr, "wrote %s: %zu x %zu float32 (%s read as %s%s)\n", out_path.c_str(), n,
+                 dim, source.c_str(), in.format.c_str(), blanks.c_str());
+  }
   return 0;
 }

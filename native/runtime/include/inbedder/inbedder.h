@@ -55,7 +55,7 @@ typedef enum inbedder_status {
   INBEDDER_ERR_INVALID_ARGUMENT = 1, /* NULL pointer, bad value, invalid UTF-8, zero texts */
   INBEDDER_ERR_UNKNOWN_OPTION = 2,   /* option name not known (or not for this bundle family) */
   INBEDDER_ERR_BUNDLE = 3,           /* missing, incomplete, corrupted or unsupported bundle */
-  INBEDDER_ERR_DEVICE = 4,           /* the device asked for cannot be used (ONNX Runtime's reason) */
+  INBEDDER_ERR_DEVICE = 4, /* the device asked for cannot be used (ONNX Runtime's reason) */
   INBEDDER_ERR_BUFFER_TOO_SMALL = 5, /* caller's buffer too small; the required size is reported */
   INBEDDER_ERR_UNSUPPORTED = 6,      /* e.g. answers from a family that does not answer */
   INBEDDER_ERR_RUNTIME = 7,          /* ONNX Runtime or tokenizer failure while encoding */
@@ -108,7 +108,9 @@ INBEDDER_API void inbedder_model_close(inbedder_model* model);
 /* The embedding dimension. */
 INBEDDER_API inbedder_status inbedder_model_dim(const inbedder_model* model, size_t* dim);
 /* Manifest strings, owned by the model: key "recipe", "family", "precision", "device" (the
- * resolved one: "cpu" or "cuda"). Unknown key: INBEDDER_ERR_INVALID_ARGUMENT. */
+ * resolved one: "cpu" or "cuda"), "needs_instruction" ("yes" when the recipes embed a text under
+ * an instruction: InBedder, INSTRUCTOR; "no" for sentence-embedding, whose instruction is an
+ * optional prefix). Unknown key: INBEDDER_ERR_INVALID_ARGUMENT. */
 INBEDDER_API inbedder_status inbedder_model_info(const inbedder_model* model, const char* key,
                                                  const char** value);
 /* *answers = 1 when the bundle's family produces answer strings. */
@@ -122,14 +124,12 @@ INBEDDER_API inbedder_status inbedder_model_answers(const inbedder_model* model,
  * batch_size or on which texts share a batch. */
 INBEDDER_API inbedder_status inbedder_encode(inbedder_model* model, const char* const* texts,
                                              const size_t* text_lengths, size_t n_texts,
-                                             const char* const* instructions,
-                                             size_t n_instructions,
+                                             const char* const* instructions, size_t n_instructions,
                                              const inbedder_options* options,
                                              inbedder_result** out);
 /* Row-major (n, dim) float32, owned by the result. */
 INBEDDER_API inbedder_status inbedder_result_embeddings(const inbedder_result* result,
-                                                        const float** data, size_t* n,
-                                                        size_t* dim);
+                                                        const float** data, size_t* n, size_t* dim);
 /* Copies the (n, dim) vectors into the caller's buffer of capacity floats; *required (may be
  * NULL) gets n * dim. Too small: INBEDDER_ERR_BUFFER_TOO_SMALL and nothing copied. */
 INBEDDER_API inbedder_status inbedder_result_copy_embeddings(const inbedder_result* result,
