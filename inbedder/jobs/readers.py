@@ -288,9 +288,9 @@ class RecordReader:
         except csv.Error as e:
             raise SystemExit(f"{name}:1: not valid {fmt.upper()} ({e})") from None
         index = {h: k for k, h in enumerate(header)}
-        ti = _column(index, cols.text, True, name, fmt)
-        ii = _column(index, cols.instruction_name(), cols.instruction is not None, name, fmt)
-        di = _column(index, cols.id_name(), cols.id is not None, name, fmt)
+        ti = _column(index, cols.text, True, name, fmt.upper())
+        ii = _column(index, cols.instruction_name(), cols.instruction is not None, name, fmt.upper())
+        di = _column(index, cols.id_name(), cols.id is not None, name, fmt.upper())
         while True:
             try:
                 row = next(reader)
@@ -331,9 +331,11 @@ class RecordReader:
             raise SystemExit(f"{name}: no column {cols.id!r} (--id-column); it has {sorted(names)}")
         wanted = [c for c in (cols.text, icol, idcol) if c is not None]
         for c in (cols.text, icol):
+            kind = pf.schema_arrow.field(c).type if c is not None else None
             if c is not None and not (
-                pa.types.is_string(pf.schema_arrow.field(c).type)
-                or pa.types.is_large_string(pf.schema_arrow.field(c).type)
+                pa.types.is_string(kind)
+                or pa.types.is_large_string(kind)
+                or (c == icol and pa.types.is_null(kind))  # no row has its own instruction
             ):
                 raise SystemExit(f"{name}: column {c!r} is {pf.schema_arrow.field(c).type}, not strings")
         row = 0

@@ -190,11 +190,12 @@ class ParquetWriter:
                 f"{self.path}: the partial Parquet output cannot be read ({e}); start again with --overwrite"
             ) from None
         self.id_type = pf.schema_arrow.field("id").type
-        self._open(pf.schema_arrow)
+        schema = self._schema(self.id_type)  # the schema a fresh run writes (Parquet renames a
+        self._open(schema)  # list's child "element" on reading: the file would differ)
         for g in range(pf.num_row_groups):
             if self.rows >= rows:
                 break
-            table = pf.read_row_group(g)
+            table = pf.read_row_group(g).cast(schema)
             self.writer.write_table(table, row_group_size=len(table))
             self.rows += len(table)
         if self.rows != rows:
