@@ -303,6 +303,22 @@ def embed_dataset(
     )
 
 
+def _settle_fsspec_http() -> None:
+    """Ray's path resolution imports fsspec's HTTP filesystem and copes only with its absence
+    (ModuleNotFoundError); a copy left half-imported in sys.modules (its aiohttp missing) makes
+    that an ImportError. Import it once here: present, or cleanly absent."""
+    name = "fsspec.implementations.http"
+    try:
+        from fsspec.implementations.http import HTTPFileSystem  # noqa: F401
+    except ImportError:
+        sys.modules.pop(name, None)
+        # fsspec's parent package keeps the half-made module as an attribute too
+        with contextlib.suppress(ImportError, AttributeError):
+            import fsspec.implementations as impl
+
+            delattr(impl, "http")
+
+
 def run_cli_job(spec: Any, address: str | None) -> int:
     """`inbedder embed --ray [ADDRESS]`: a Parquet file, directory or glob in, a Parquet directory
     out (written beside it under a temporary name, renamed into place when complete), rows in
@@ -333,6 +349,7 @@ def run_cli_job(spec: Any, address: str | None) -> int:
         ray.data.DataContext.get_current().enable_progress_bars = bool(spec.progress)
     family = pipeline_class(load_manifest(resolve_bundle(spec.model), verify=False).family)
     started = time.perf_counter()
+    _settle_fsspec_http()
     ds = ray.data.read_parquet([str(s.path) for s in sources])
     ds = embed_dataset(
         ds,

@@ -187,8 +187,8 @@ def run_job(spec: JobSpec, stdin: Any = None) -> JobResult:
             )
     if spec.resume:
         if old is None:
-            done = f" ({out} is complete)" if out.exists() else ""
-            raise SystemExit(f"{rec_path}: no progress record: nothing to resume{done}")
+            complete = f" ({out} is complete)" if out.exists() else ""
+            raise SystemExit(f"{rec_path}: no progress record: nothing to resume{complete}")
         if sources[0].path is None:
             raise SystemExit("--resume needs an input file: stdin cannot be read again")
     else:
@@ -254,7 +254,13 @@ def run_job(spec: JobSpec, stdin: Any = None) -> JobResult:
     states = old["outputs"] if old else {}
     writers: list[Any] = []
     main: Any
-    record = {"version": RECORD_VERSION, "job": job, "total": total, "rows": done, "outputs": states}
+    record: dict[str, Any] = {
+        "version": RECORD_VERSION,
+        "job": job,
+        "total": total,
+        "rows": done,
+        "outputs": states,
+    }
     try:
         for f in finals:
             try:
@@ -430,7 +436,7 @@ def embed_records(
         batch_size=spec.batch_size,
         normalize=spec.normalize,
         return_answers=want_answers,
-        truncation=spec.truncation,  # type: ignore[arg-type]
+        truncation=spec.truncation,
         on_batch=on_batch,
         **spec.options,
     )

@@ -304,7 +304,7 @@ class RecordReader:
                 continue
             if len(row) != len(header):
                 raise SystemExit(f"{name}:{n}: {len(row)} fields where the header has {len(header)}")
-            text = row[ti]
+            text = row[ti]  # type: ignore[index]  # a required column: never None
             _check(name, n, "text", text)
             own = row[ii] if ii is not None else None
             if own is not None:

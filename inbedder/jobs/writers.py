@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -51,6 +51,7 @@ class NpyWriter:
         self.final, self.path = final, partial_path(final)
         self.dim, self.dtype = dim, np.dtype(dtype)
         self.rows = 0
+        self.f: BinaryIO
         try:
             if resume is None:
                 self.f = open(self.path, "wb")  # noqa: SIM115 - kept open across chunks
@@ -98,6 +99,7 @@ class AnswersWriter:
 
     def __init__(self, final: Path, resume: dict[str, Any] | None = None):
         self.final, self.path = final, partial_path(final)
+        self.f: BinaryIO
         try:
             if resume is None:
                 self.f = open(self.path, "wb")  # noqa: SIM115 - kept open across chunks
