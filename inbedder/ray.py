@@ -303,20 +303,28 @@ def embed_dataset(
     )
 
 
-def _settle_fsspec_http() -> None:
-    """Ray's path resolution imports fsspec's HTTP filesystem and copes only with its absence
-    (ModuleNotFoundError); a copy left half-imported in sys.modules (its aiohttp missing) makes
-    that an ImportError. Import it once here: present, or cleanly absent."""
-    name = "fsspec.implementations.http"
-    try:
-        from fsspec.implementations.http import HTTPFileSystem  # noqa: F401
-    except ImportError:
-        sys.modules.pop(name, None)
-        # fsspec's parent package keeps the half-made module as an attribute too
-        with contextlib.suppress(ImportError, AttributeError):
-            import fsspec.implementations as impl
+def read_parquet_groups(ray: Any, paths: list[str]) -> Any:
+    """A Dataset of the Parquet files' rows, in file and row order: one item per row group, each
+    read by a Ray task (pyarrow on the node that runs it). Ray Data's own `read_parquet` resolves
+    paths on several threads at once and, where fsspec is installed without aiohttp, trips over
+    fsspec's half-imported HTTP module (an ImportError); this reader has no such step."""
+    import pyarrow.parquet as pq
 
-            delattr(impl, "http")
+    items = [{"path": p, "group": g} for p in paths for g in range(pq.ParquetFile(p).num_row_groups)]
+    return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+        _read_groups, batch_format="pyarrow", batch_size=1
+    )
+
+
+def _read_groups(batch: Any) -> Any:  # (path, group) rows -> the row groups' rows
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = [
+        pq.ParquetFile(p).read_row_group(g)
+        for p, g in zip(batch.column("path").to_pylist(), batch.column("group").to_pylist(), strict=True)
+    ]
+    return pa.concat_tables(tables)
 
 
 def run_cli_job(spec: Any, address: str | None) -> int:
@@ -349,14 +357,18 @@ def run_cli_job(spec: Any, address: str | None) -> int:
         ray.data.DataContext.get_current().enable_progress_bars = bool(spec.progress)
     family = pipeline_class(load_manifest(resolve_bundle(spec.model), verify=False).family)
     started = time.perf_counter()
-    _settle_fsspec_http()
-    ds = ray.data.read_parquet([str(s.path) for s in sources])
+    import pyarrow.parquet as pq
+
+    ds = read_parquet_groups(ray, [str(s.path) for s in sources])
+    names = pq.ParquetFile(str(sources[0].path)).schema_arrow.names
+    # As for local jobs: an 'instruction' column, when there is one, gives per-row instructions.
+    icol = spec.columns.instruction or ("instruction" if "instruction" in names else None)
     ds = embed_dataset(
         ds,
         spec.model,
         instruction=spec.instruction,
         text_column=spec.columns.text,
-        instruction_column=spec.columns.instruction,
+        instruction_column=icol,
         answer_column="answer" if family.answers else None,
         normalize=spec.normalize,
         truncation=spec.truncation,
