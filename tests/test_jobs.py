@@ -103,6 +103,11 @@ def test_npy_header_counts_rows_after_every_chunk(masked_bundle: Path, tmp_path:
         == 0
     )
     assert seen == [(10, 32), (20, 32), (23, 32)]
+    import io
+
+    whole = io.BytesIO()
+    np.save(whole, np.load(tmp_path / "e.npy"))
+    assert (tmp_path / "e.npy").read_bytes() == whole.getvalue()  # the same file np.save writes
 
 
 def test_parquet_output_has_id_text_answer_vector(masked_bundle: Path, want, tmp_path: Path):

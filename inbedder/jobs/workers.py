@@ -9,6 +9,7 @@ flight, so memory stays bounded.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
@@ -128,6 +129,10 @@ class WorkerPool:
                     ) from None
 
     def close(self) -> None:
+        # Chunks not yet taken are dropped (a stop at once): the workers then see their sentinels.
+        with contextlib.suppress(queue.Empty, OSError, ValueError):
+            while True:
+                self.tasks.get_nowait()
         for _ in self.procs:
             self.tasks.put(None)
         for p in self.procs:
