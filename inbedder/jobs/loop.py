@@ -366,7 +366,7 @@ def run_job(spec: JobSpec, stdin: Any = None) -> JobResult:
         seconds=seconds,
         truncated=truncated,
         blank=stats.blank,
-        formats=sorted({s.fmt for s in sources}),
+        formats=sorted(stats.formats or {s.fmt for s in sources}),
         sources=[s.name for s in sources],
         stopped=stop.signum,
     )

@@ -63,10 +63,11 @@ class Source:
 
 
 class Stats:
-    """What reading counted: blank lines skipped."""
+    """What reading counted: blank lines skipped, and the formats read (stdin's once sniffed)."""
 
     def __init__(self) -> None:
         self.blank = 0
+        self.formats: set[str] = set()
 
 
 def resolve_inputs(arg: str, fmt: str) -> list[Source]:
@@ -205,16 +206,14 @@ class RecordReader:
             yield from self._read(fmt, raw)
             return
         if src.fmt == "parquet":
+            self.stats.formats.add("parquet")
             yield from self._parquet(src.path)
             return
         with src.path.open("rb") as f:
             yield from self._read(src.fmt, f)
 
-    def format(self) -> str:
-        return self.source.fmt
-
     def _read(self, fmt: str, raw: Iterable[bytes | str]) -> Iterator[Record]:
-        self.fmt_read = fmt
+        self.stats.formats.add(fmt)
         if fmt == "lines":
             yield from self._lines(raw)
         elif fmt == "jsonl":
