@@ -1,8 +1,8 @@
 """The `inbedder` command line: export, quantize, embed, info, models, push.
 
 Scope: argument parsing and file formats only; every command calls the same functions a Python user
-calls. `embed` reads one text per line, or JSONL with a "text" field (and optional
-"instruction"), from a file or stdin, and writes a float32 .npy (and answers as JSONL).
+calls. `embed` is a batch job (`inbedder.jobs`: streaming, resumable, `--workers`; `--ray` for
+Ray Data, `inbedder.ray`): the flags become a `JobSpec` here and the summary is printed here.
 """
 
 from __future__ import annotations
@@ -10,17 +10,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO, TextIO
 
-import numpy as np
-
-from inbedder.errors import InbedderError, InputError, surrogate_at
+from inbedder.errors import InbedderError, InputError
 from inbedder.runtime.bundle import Manifest
 
 
@@ -41,135 +36,23 @@ def _split_lines(data: bytes | str, source: str) -> list[str]:
     return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
 
 
-def _read_texts(
-    stream: TextIO | BinaryIO, fmt: str, source: str
-) -> tuple[list[str], list[str | None] | None]:
-    texts, instructions, _, _ = _read_records(stream, fmt, source)
-    return texts, instructions
+def _read_texts(path: Path) -> tuple[list[str], list[str | None] | None]:
+    """Texts and per-text instructions (None if no record has one) of a file of any input format."""
+    from inbedder.jobs.readers import Columns, RecordReader, Stats, resolve_inputs
 
-
-def _read_records(
-    stream: TextIO | BinaryIO, fmt: str, source: str
-) -> tuple[list[str], list[str | None] | None, list[int], tuple[str, int]]:
-    """Texts, per-text instructions (or None), the line number of each text, and (the format
-    read, the number of lines)."""
-    lines = _split_lines(stream.read(), source)
-    if fmt == "auto":
-        fmt = _detect_format(lines, source)
-    if fmt == "lines":
-        # Blank lines (empty, or spaces and tabs only) are skipped, as in JSONL; the summary counts them.
-        numbered = [(n, ln) for n, ln in enumerate(lines, 1) if not _blank(ln)]
-        return [ln for _, ln in numbered], None, [n for n, _ in numbered], (fmt, len(lines))
-    texts: list[str] = []
-    instructions: list[str | None] = []
-    numbers: list[int] = []
-    for n, line in enumerate(lines, 1):
-        if _blank(line):
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SystemExit(f"{source}:{n}: not valid JSON ({e.msg})") from None
-        except RecursionError:
-            raise SystemExit(f"{source}:{n}: JSON nested too deeply") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-            raise SystemExit(f"{source}:{n}: a JSONL record needs a string field 'text'")
-        instr = rec.get("instruction")
-        if instr is not None and not isinstance(instr, str):
-            raise SystemExit(f"{source}:{n}: 'instruction' must be a string")
-        texts.append(rec["text"])
-        instructions.append(instr)
-        numbers.append(n)
-    if all(i is None for i in instructions):
-        return texts, None, numbers, (fmt, len(lines))
-    return texts, instructions, numbers, (fmt, len(lines))  # None where a record has no instruction
+    recs = [
+        r
+        for src in resolve_inputs(str(path), "auto")
+        for r in RecordReader(src, Columns(), None, False, Stats())
+    ]
+    instructions = [r[1] for r in recs]
+    return [r[0] for r in recs], (None if all(i is None for i in instructions) else instructions)
 
 
 def _blank(line: str) -> bool:
     """A line with nothing to embed: empty, or spaces and tabs only (any other character, U+2028
     or a form feed among them, is content)."""
     return not line.strip(" \t")
-
-
-def _detect_format(lines: Sequence[str], source: str) -> str:
-    """`--format auto`: by the file's extension (.jsonl / .json: JSONL; .txt: lines), else JSONL
-    when the first non-blank line is a JSON object with a string "text", else lines."""
-    suffix = Path(source).suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        return "jsonl"
-    if suffix == ".txt" or (source == "<stdin>" and not lines):
-        return "lines"
-    first = next((ln for ln in lines if ln.strip()), "")
-    if first.lstrip().startswith("{"):
-        try:
-            rec = json.loads(first)
-        except (json.JSONDecodeError, RecursionError):
-            return "lines"
-        if isinstance(rec, dict) and isinstance(rec.get("text"), str):
-            return "jsonl"
-    return "lines"
-
-
-def _check_unicode(
-    texts: Sequence[str], instructions: Sequence[str | None] | None, numbers: Sequence[int], source: str
-) -> None:
-    """Texts with a lone surrogate (possible through a JSON escape) are rejected, naming the line."""
-    for k, t in enumerate(texts):
-        for what, s in (("text", t), ("instruction", (instructions[k] if instructions else "") or "")):
-            where = surrogate_at(s)
-            if where is not None:
-                raise InputError(
-                    f"{source}:{numbers[k]}: {what} contains a lone surrogate U+{ord(s[where]):04X} at "
-                    f"character {where}: not valid Unicode, such texts are rejected (nothing was embedded)"
-                )
-
-
-def _json_line(obj: object) -> str:
-    """One JSON line that every reader splits back the same: the separators JSON leaves raw
-    (U+2028, U+2029, U+0085) are escaped."""
-    s = json.dumps(obj, ensure_ascii=False)
-    return s.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085")
-
-
-class _Outputs:
-    """Output files written under temporary names beside their targets and renamed into place only
-    when every one is complete: a full disk or a signal never damages a previous good output.
-    Creating the temporary files first checks that every location is writable."""
-
-    def __init__(self, paths: Sequence[Path]):
-        self.final = list(paths)
-        self.temps: list[Path] = []
-        try:
-            for p in self.final:
-                try:
-                    p.parent.mkdir(parents=True, exist_ok=True)
-                    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".partial", dir=p.parent)
-                except OSError as e:
-                    raise OSError(e.errno, e.strerror, str(p)) from None
-                os.close(fd)
-                self.temps.append(Path(tmp))
-        except BaseException:
-            self.abort()
-            raise
-
-    def write(self, i: int, fill: Callable[[BinaryIO], object]) -> None:
-        try:
-            with open(self.temps[i], "wb") as f:
-                fill(f)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as e:
-            raise OSError(e.errno, e.strerror, str(self.final[i])) from None
-
-    def commit(self) -> None:
-        for tmp, p in zip(self.temps, self.final, strict=True):
-            os.replace(tmp, p)
-        self.temps = []
-
-    def abort(self) -> None:
-        for tmp in self.temps:
-            tmp.unlink(missing_ok=True)
-        self.temps = []
 
 
 def _extra(module: str, extra: str, command: str) -> None:
@@ -248,8 +131,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         path = Path(args.calibration)
         if not path.is_file():
             raise SystemExit(f"{path}: no such calibration file")
-        with path.open("rb") as fb:
-            texts, per_text = _read_texts(fb, "auto", str(path))
+        texts, per_text = _read_texts(path)
         if not texts:
             raise SystemExit(f"{path}: the calibration file has no texts")
         instr = per_text or [args.instruction] * len(texts)
@@ -269,103 +151,56 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from inbedder.runtime import Embedder
+    from inbedder.jobs import JobSpec, run_job
+    from inbedder.jobs.readers import Columns
 
-    if args.input == "-":
-        source = "<stdin>"
-        stdin = getattr(sys.stdin, "buffer", sys.stdin)
-        texts, per_text, numbers, (fmt, nlines) = _read_records(stdin, args.format, source)
-    else:
-        path = Path(args.input)
-        if not path.is_file():
-            raise SystemExit(f"{path}: no such input file")
-        source = str(path)
-        with path.open("rb") as fb:
-            texts, per_text, numbers, (fmt, nlines) = _read_records(fb, args.format, source)
-    _check_unicode(texts, per_text, numbers, source)
-    given = args.instruction  # a record's own instruction wins, -i stands in for the others
-    instruction: str | list[str] = given or ""
-    if per_text is not None:
-        instruction = [i or given or "" for i in per_text]
-    out = _npy_path(args.output)
-    paths = [out] if args.answers is None else [out, Path(args.answers)]
-    for path in paths:
-        if path.is_dir():
-            raise SystemExit(f"{path} is a directory; name the output file")
-        if path.exists() and not args.overwrite:
-            raise SystemExit(f"{path} exists; pass --overwrite to replace it")
-    # Every output location is checked (its temporary file created) before the bundle is loaded.
-    outputs = _Outputs(paths)
-    try:
-        emb = Embedder(args.model, device=args.device, threads=args.threads)
-        if args.instruction is None and emb.pipeline.needs_instruction:
-            # The API's rule: an instruction must be given (-i, or one per JSONL record); -i "" is one.
-            if per_text is None:
-                raise SystemExit(
-                    f"-i/--instruction is required for this bundle ({emb.manifest.recipe}), or an "
-                    "'instruction' field in every JSONL record"
-                )
-            lacking = [numbers[k] for k, i in enumerate(per_text) if i is None]
-            if lacking:
-                raise SystemExit(
-                    f"{source}:{lacking[0]}: the record has no 'instruction' and no -i was given"
-                )
-        show = False if args.quiet else args.progress
-        options = {}
-        if args.decode_steps is not None:
-            options["decode_steps"] = args.decode_steps
-        if args.max_new_tokens is not None:
-            options["max_new_tokens"] = args.max_new_tokens
-        for name in set(options) - set(emb.pipeline.options):
-            accepted = ", ".join(_flag(o) for o in sorted(emb.pipeline.options)) or "none"
-            family = emb.manifest.family
-            raise SystemExit(
-                f"{_flag(name)} does not apply to this bundle ({family}; its options: {accepted})"
-            )
-        try:
-            result = emb.encode(
-                texts,
-                instruction,
-                batch_size=args.batch_size,
-                normalize=args.normalize,
-                show_progress_bar=show,
-                return_answers=args.answers is not None,
-                truncation=args.truncation,
-                **options,
-            )
-        except InbedderError as e:  # the library's argument names, as the flags the user typed
-            message = str(e)
-            for name in (*options, "batch_size"):
-                message = message.replace(name, _flag(name))
-            raise type(e)(message) from None
-        vecs, answers = result if isinstance(result, tuple) else (result, None)
-        outputs.write(0, lambda f: np.save(f, vecs))
-        if answers is not None:
-            lines = "".join(
-                _json_line({"text": t, "answer": a}) + "\n" for t, a in zip(texts, answers, strict=True)
-            )
-            outputs.write(1, lambda f: f.write(lines.encode("utf-8")))
-        outputs.commit()
-    finally:
-        outputs.abort()
+    options = {}
+    if args.decode_steps is not None:
+        options["decode_steps"] = args.decode_steps
+    if args.max_new_tokens is not None:
+        options["max_new_tokens"] = args.max_new_tokens
+    spec = JobSpec(
+        model=args.model,
+        input=args.input,
+        output=args.output,
+        answers=args.answers,
+        fmt=args.format,
+        columns=Columns(args.text_column, args.instruction_column, args.id_column),
+        instruction=args.instruction,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        normalize=args.normalize,
+        truncation=args.truncation,
+        dtype=args.dtype,
+        device=args.device,
+        threads=args.threads,
+        workers=args.workers,
+        options=options,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        progress=args.progress,
+        quiet=args.quiet,
+        command=("inbedder", *args.argv),
+    )
+    if args.ray is not None:
+        from inbedder.ray import run_cli_job
+
+        return run_cli_job(spec, None if args.ray == "local" else args.ray)
+    r = run_job(spec)
+    if r.stopped is not None:
+        return 128 + r.stopped  # 130 after SIGINT, 143 after SIGTERM
     if not args.quiet:
-        blank = nlines - len(texts)
+        what = f"{r.sources[0]} read as {r.formats[0]}" if len(r.sources) == 1 else (
+            f"{len(r.sources)} files read as {', '.join(r.formats)}"
+        )  # fmt: skip
+        blank = f", {r.blank} blank line(s) skipped" if r.blank else ""
+        rate = r.embedded / r.seconds if r.seconds > 0 else 0.0
         print(
-            f"wrote {out}: {vecs.shape[0]} x {vecs.shape[1]} float32 ({source} read as {fmt}"
-            f"{f', {blank} blank line(s) skipped' if blank else ''})",
+            f"wrote {r.output}: {r.rows} x {r.dim} {args.dtype} ({what}{blank}); {r.embedded} texts in "
+            f"{r.seconds:.1f} s ({rate:.0f} texts/s), {r.truncated} truncated",
             file=sys.stderr,
         )
     return 0
-
-
-def _flag(option: str) -> str:
-    return "--" + option.replace("_", "-")
-
-
-def _npy_path(name: str) -> Path:
-    """The file `np.save` writes: `.npy` is appended when the name has no such suffix."""
-    path = Path(name)
-    return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -458,15 +293,60 @@ def build_parser() -> argparse.ArgumentParser:
         help="the instruction for every text (a JSONL record's own 'instruction' wins); for "
         "sentence-embedding bundles an optional query prefix",
     )
-    m.add_argument("input", nargs="?", default="-", help="text file (one per line, or JSONL) or - for stdin")
-    m.add_argument("-o", "--output", required=True, help="output .npy (the suffix is added if missing)")
+    m.add_argument(
+        "input",
+        nargs="?",
+        default="-",
+        help="a file (lines, JSONL, CSV, TSV, Parquet), a directory or glob of such files, or - for stdin",
+    )
+    m.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output .npy (the suffix is added if missing) or .parquet; with --ray a Parquet directory",
+    )
     m.add_argument("--answers", default=None, metavar="JSONL", help="also write the answers here")
     m.add_argument(
         "--format",
-        choices=("auto", "lines", "jsonl"),
+        choices=("auto", "lines", "jsonl", "csv", "tsv", "parquet"),
         default="auto",
-        help="auto (default): by extension (.jsonl/.json: JSONL, .txt: lines), else JSONL when the "
-        "first line is a JSON object with a 'text'",
+        help="auto (default): by extension (.jsonl/.json, .txt, .csv, .tsv, .parquet), else Parquet by "
+        "its magic bytes, else JSONL when the first line is a JSON object with a 'text', else lines",
+    )
+    m.add_argument("--text-column", default="text", help="JSONL field / CSV, Parquet column (default text)")
+    m.add_argument(
+        "--instruction-column",
+        default=None,
+        help="per-record instructions (default: 'instruction' when there is one)",
+    )
+    m.add_argument("--id-column", default=None, help="record ids (default: 'id' when there is one)")
+    m.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="vectors written as (default float32)",
+    )
+    m.add_argument(
+        "--chunk-size",
+        type=int,
+        default=1024,
+        help="texts read, embedded and written at a time (default 1024); a stop waits for one chunk",
+    )
+    m.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes on this machine (default 1), --threads each (default: the cores split); "
+        "with --ray the actors",
+    )
+    m.add_argument("--resume", action="store_true", help="continue a stopped run from its progress record")
+    m.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray Data (a cluster's ADDRESS, else RAY_ADDRESS or a local one): Parquet in and out",
     )
     m.add_argument("--batch-size", type=int, default=32, help="texts per graph call (default 32)")
     m.add_argument("--normalize", action="store_true", help="L2-normalise the vectors")
@@ -477,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="input (default): cut the end of a long text; reference: the published tokenizer rule",
     )
     m.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="default cpu")
-    m.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+    m.add_argument(
+        "--threads", type=int, default=None, help="onnxruntime threads per worker (default: cores / workers)"
+    )
     m.add_argument(
         "--decode-steps", type=int, default=None, help="masked LMs: passes of iterative unmasking (default 1)"
     )
@@ -527,7 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stderr and exit code 2; an operating-system error (disk full, read-only file system, no
     permission) is one line naming the file and exit code 1; Ctrl-C and SIGTERM remove temporary
     files and directories and exit 130; anything else is a bug and shows its traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     previous = None
     with contextlib.suppress(ValueError):  # ValueError: not the main thread
         previous = signal.signal(signal.SIGTERM, _terminate)
@@ -540,9 +424,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         print(f"inbedder {args.command}: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"inbedder {args.command}: interrupted; nothing was changed", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        # An embed job keeps its done chunks (it said where); its code says which signal (143:
+        # SIGTERM). Other commands: nothing was changed, 130.
+        kept, signum = getattr(e, "kept", 0), getattr(e, "signum", None)
+        print(
+            f"inbedder {args.command}: interrupted{'' if kept else '; nothing was changed'}", file=sys.stderr
+        )
+        return 128 + signum if signum is not None else 130
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, get_args, overload
 
 import numpy as np
@@ -178,7 +178,7 @@ class Embedder:
             raise InputError(f"precision must be one of {OUTPUT_PRECISIONS}, got {precision!r}")
         if convert_to_numpy is not True and convert_to_numpy is not False:
             raise InputTypeError(f"convert_to_numpy must be a bool, got {type(convert_to_numpy).__name__}")
-        vecs, answers = self._embed(
+        vecs, answers, _ = self._embed(
             items, instructions, batch_size, show_progress_bar, return_answers, truncation, options
         )
         if norm:
@@ -201,8 +201,10 @@ class Embedder:
         return_answers: bool,
         truncation: str,
         options: dict[str, Any],
-    ) -> tuple[np.ndarray, list[str]]:
-        """(N, D) float32 after the manifest's post-processing, and the answers ("" if not asked)."""
+        on_batch: Callable[[int], object] | None = None,
+    ) -> tuple[np.ndarray, list[str], int]:
+        """(N, D) float32 after the manifest's post-processing, the answers ("" if not asked) and
+        how many prompts were truncated. `on_batch(n)` is called after each batch of n texts."""
         if not self.pipeline.sessions:
             raise InputError("this Embedder is closed")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -230,7 +232,34 @@ class Embedder:
             if ans is not None:
                 for i, a in zip(idx, ans, strict=True):
                     answers[i] = a
-        return postprocess(out, self.manifest.postprocess), answers
+            if on_batch is not None:
+                on_batch(len(idx))
+        truncated = sum(e.truncated for e in encoded)
+        return postprocess(out, self.manifest.postprocess), answers, truncated
+
+    def encode_chunk(
+        self,
+        texts: Sequence[str],
+        instructions: Sequence[str],
+        *,
+        batch_size: int = 32,
+        normalize: bool = False,
+        return_answers: bool = False,
+        truncation: TruncationMode = "input",
+        on_batch: Callable[[int], object] | None = None,
+        **options: Any,
+    ) -> tuple[np.ndarray, list[str] | None, int]:
+        """One chunk of a batch job: (N, D) float32 vectors, the answers (None unless asked) and
+        the number of truncated prompts, with `on_batch(n)` after each batch (a progress bar
+        counted in texts). The same numbers as `encode` (one instruction per text)."""
+        items = _check_texts(texts)
+        instrs = _check_instructions(list(instructions), len(items))
+        vecs, answers, truncated = self._embed(
+            items, instrs, batch_size, False, return_answers, truncation, options, on_batch
+        )
+        if normalize:
+            vecs = postprocess(vecs, ("l2",))
+        return vecs, (answers if return_answers else None), truncated
 
     def embed(
         self,

@@ -27,8 +27,8 @@ def main() -> int:
         pkg = Path(tmp) / "inbedder"
         pkg.mkdir()
         for f in (ROOT / "inbedder").iterdir():
-            if f.suffix in (".py", ".typed"):
-                (pkg / f.name).symlink_to(f)
+            if f.suffix in (".py", ".typed") or (f.is_dir() and (f / "__init__.py").is_file()):
+                (pkg / f.name).symlink_to(f, target_is_directory=f.is_dir())
         for stage in STAGES:
             (pkg / stage).symlink_to(ROOT / stage, target_is_directory=True)
         env = {**os.environ, "MYPYPATH": tmp}

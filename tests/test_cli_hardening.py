@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import inbedder.cli as cli
+import inbedder.jobs.writers as writers
 from inbedder import Embedder
 from inbedder.cli import main
 
@@ -121,11 +121,11 @@ def test_failed_write_keeps_the_previous_outputs(masked_bundle: Path, tmp_path: 
     before_npy, before_ans = out.read_bytes(), ans.read_bytes()
     src.write_text("three\nfour\nfive\n", encoding="utf-8")
 
-    def full_disk(f, arr, *a, **kw):  # writes half, then the disk is full
-        f.write(b"\x93NUMPY partial")
+    def full_disk(self, vecs):  # writes half, then the disk is full
+        self.f.write(b"\x93NUMPY partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cli.np, "save", full_disk)
+    monkeypatch.setattr(writers.NpyWriter, "write", full_disk)
     assert main(_embed_args(masked_bundle, src, out, ans)) == 1
     err = capsys.readouterr().err
     assert "No space left on device" in err and "Traceback" not in err
@@ -139,14 +139,13 @@ def test_interrupted_write_keeps_the_previous_outputs(masked_bundle: Path, tmp_p
     out, ans = tmp_path / "e.npy", tmp_path / "a.jsonl"
     assert main(_embed_args(masked_bundle, src, out, ans)) == 0
     before = out.read_bytes(), ans.read_bytes()
-    real_dumps = json.dumps
 
-    def interrupted(obj, *a, **kw):
-        raise KeyboardInterrupt  # SIGTERM is handled like Ctrl-C
+    def interrupted(obj):
+        raise KeyboardInterrupt  # Ctrl-C while the first chunk is written: nothing was done
 
-    monkeypatch.setattr(cli.json, "dumps", interrupted)
+    monkeypatch.setattr(writers, "json_line", interrupted)
     assert main(_embed_args(masked_bundle, src, out, ans)) == 130
-    monkeypatch.setattr(cli.json, "dumps", real_dumps)
+    monkeypatch.undo()
     assert (out.read_bytes(), ans.read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "e.npy", "in.txt"]
 

@@ -28,7 +28,7 @@ PUBLIC = {
         "quantize_bundle",
     ],
 }  # fmt: skip
-SUBPACKAGES = {"catalog", "cli", "errors", "export", "onnxfile", "quantize", "runtime"}
+SUBPACKAGES = {"catalog", "cli", "errors", "export", "jobs", "onnxfile", "quantize", "ray", "runtime"}
 
 
 @pytest.mark.parametrize("module", sorted(PUBLIC))
