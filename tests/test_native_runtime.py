@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from inbedder import Embedder
+from inbedder.errors import InputError
 from inbedder.runtime.bundle import BundleError, load_manifest
 from inbedder.runtime.samples import VALIDATION_TEXTS
-from native import ROOT, build_native
+from native import ROOT, CApi, build_native
 
 LONG = VALIDATION_TEXTS[4]  # ~1,300 tokens: past every limit here
 TEXTS = [
@@ -313,6 +314,7 @@ def _ctest(build: Path, bundles, extra_env: dict[str, str] | None = None) -> str
     env = dict(os.environ)
     env["INBEDDER_TEST_BUNDLE"] = str(bundles("masked"))
     env["INBEDDER_TEST_CAUSAL_BUNDLE"] = str(bundles("causal-opt-avg"))
+    env["INBEDDER_TEST_SENTENCE_BUNDLE"] = str(bundles("st-noprompt"))
     env.update(extra_env or {})
     done = subprocess.run(
         ["ctest", "--test-dir", str(build), "--output-on-failure", "-R", "c_api|header"],
@@ -339,6 +341,41 @@ def test_c_api_under_asan_ubsan(bundles):
     out = _ctest(build, bundles, env)
     assert "100% tests passed" in out
     assert "ERROR: AddressSanitizer" not in out and "runtime error:" not in out
+
+
+# -- the C API against the Python runtime, in one process (ctypes) ------------------------------
+@pytest.fixture(scope="module")
+def capi(build: Path) -> CApi:
+    return CApi(build)
+
+
+@pytest.mark.parametrize("kind", ["masked", "instructor", "causal-opt-avg", "st-noprompt"])
+def test_missing_instruction_matches_python(kind: str, bundles, capi: CApi):
+    """No instruction at all: refused (InputError / INBEDDER_ERR_INVALID_ARGUMENT) by the families
+    that embed under one, "" for a sentence encoder; "" is accepted everywhere."""
+    bundle = bundles(kind)
+    emb = Embedder(bundle)
+    texts = TEXTS[:3]
+    m = capi.open(bundle)
+    try:
+        status, msg, r = capi.encode(m, texts, None)
+        try:
+            want = emb.encode(texts)
+        except InputError as e:
+            assert emb.pipeline.needs_instruction
+            assert status == "INBEDDER_ERR_INVALID_ARGUMENT" and r is None
+            assert str(e).split(":")[0] == msg.split(":")[0]  # "this bundle (recipe) embeds a text under ..."
+        else:
+            assert not emb.pipeline.needs_instruction
+            assert status == "INBEDDER_OK", msg
+            assert np.abs(capi.embeddings(r) - want).max() <= TOL
+        capi.free(r)
+        status, msg, r = capi.encode(m, texts, [""])
+        assert status == "INBEDDER_OK", msg
+        assert np.abs(capi.embeddings(r) - emb.encode(texts, "")).max() <= TOL
+        capi.free(r)
+    finally:
+        capi.close(m)
 
 
 # -- the library's surface -----------------------------------------------------------------------

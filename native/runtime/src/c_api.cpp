@@ -301,8 +301,10 @@ inbedder_status inbedder_encode(inbedder_model* model, const char* const* texts,
     NEED(model);
     if (n_texts == 0) return fail(INBEDDER_ERR_INVALID_ARGUMENT, "no texts (n_texts == 0)");
     NEED(texts);
-    NEED(instructions);
-    if (n_instructions != 1 && n_instructions != n_texts)
+    if (n_instructions && !instructions)
+      return fail(INBEDDER_ERR_INVALID_ARGUMENT,
+                  "instructions is NULL but n_instructions is " + std::to_string(n_instructions));
+    if (n_instructions != 0 && n_instructions != 1 && n_instructions != n_texts)
       return fail(INBEDDER_ERR_INVALID_ARGUMENT,
                   "got " + std::to_string(n_instructions) + " instructions for " +
                       std::to_string(n_texts) + " texts; give one, or one per text");
@@ -380,7 +382,6 @@ inbedder_status inbedder_embed(inbedder_model* model, const char* const* texts, 
                                size_t capacity, size_t* required) {
   return guard([&] {
     NEED(model);
-    NEED(instruction);
     size_t need = n_texts * model->embedder->dim();
     if (required) *required = need;
     if (n_texts && capacity < need)
@@ -389,8 +390,8 @@ inbedder_status inbedder_embed(inbedder_model* model, const char* const* texts, 
                                                      " needed");
     if (n_texts) NEED(out);
     inbedder_result* r = nullptr;
-    inbedder_status s =
-        inbedder_encode(model, texts, nullptr, n_texts, &instruction, 1, options, &r);
+    inbedder_status s = inbedder_encode(model, texts, nullptr, n_texts, &instruction,
+                                        instruction ? 1 : 0, options, &r);
     if (s != INBEDDER_OK) return s;
     std::unique_ptr<inbedder_result, void (*)(inbedder_result*)> owned(r, &inbedder_result_free);
     std::copy(r->r.vectors.begin(), r->r.vectors.end(), out);

@@ -53,7 +53,13 @@ EncodeResult Embedder::encode(const std::vector<std::string>& texts,
       throw ValueError("texts[" + std::to_string(i) + "] is not valid UTF-8 (byte " +
                        std::to_string(bad) + ")");
   }
-  if (instructions_in.size() != 1 && instructions_in.size() != n)
+  if (instructions_in.empty() && pipeline_->needs_instruction())
+    // runtime/embedder.py's rule: a family that embeds under an instruction needs one given;
+    // "" is one (the empty instruction), none at all is a mistake worth naming.
+    throw ValueError("this bundle (" + manifest_.recipe +
+                     ") embeds a text under an instruction: pass one (or \"\" to embed under an "
+                     "empty one)");
+  if (!instructions_in.empty() && instructions_in.size() != 1 && instructions_in.size() != n)
     throw ValueError("got " + std::to_string(instructions_in.size()) + " instructions for " +
                      std::to_string(n) + " texts; give one, or one per text");
   for (std::size_t i = 0; i < instructions_in.size(); ++i) {

@@ -39,7 +39,9 @@ class Embedder {
   const std::string& device() const { return device_; }
   const Pipeline& pipeline() const { return *pipeline_; }
 
-  // instructions: 1 (for every text) or texts.size(). Safe to call from several threads at once.
+  // instructions: 1 (for every text), texts.size(), or none (only for a family whose
+  // needs_instruction() is false: each text under ""; else ValueError). Safe to call from several
+  // threads at once.
   EncodeResult encode(const std::vector<std::string>& texts,
                       const std::vector<std::string>& instructions,
                       const EncodeParams& params) const;

@@ -1,7 +1,8 @@
 // The C API under bad input (NULL pointers, missing or damaged bundles, wrong sizes, invalid
 // UTF-8, unknown options, zero texts) and its thread-safety contract (8 threads on one handle
 // give the vectors of sequential calls). Bundle paths come from INBEDDER_TEST_BUNDLE (a masked-lm
-// bundle) and INBEDDER_TEST_CAUSAL_BUNDLE; tests needing one skip without it.
+// bundle), INBEDDER_TEST_CAUSAL_BUNDLE and INBEDDER_TEST_SENTENCE_BUNDLE (a sentence encoder);
+// tests needing one skip without it.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -245,6 +246,54 @@ TEST(CApi, BadEncodeArguments) {
   ASSERT_EQ(inbedder_embed(m, kTexts, 5, kInstr, nullptr, mine.data(), mine.size(), &need),
             INBEDDER_OK);
   EXPECT_EQ(mine, full);
+}
+
+// runtime/embedder.py's rule: a family that embeds under an instruction refuses none at all
+// (NULL / n_instructions 0); "" is an instruction. A sentence encoder takes none as "".
+TEST(CApi, MissingInstruction) {
+  NEED_BUNDLE(path, "INBEDDER_TEST_BUNDLE");
+  Model mm(path);
+  const char* needs = nullptr;
+  ASSERT_EQ(inbedder_model_info(mm.m, "needs_instruction", &needs), INBEDDER_OK);
+  EXPECT_STREQ(needs, "yes");
+  inbedder_result* r = nullptr;
+  EXPECT_EQ(inbedder_encode(mm.m, kTexts, nullptr, 2, nullptr, 0, nullptr, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(r, nullptr);
+  EXPECT_NE(last().find("embeds a text under an instruction"), std::string::npos) << last();
+  EXPECT_EQ(inbedder_encode(mm.m, kTexts, nullptr, 2, &kInstr, 0, nullptr, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);  // n_instructions 0: none, whatever the pointer
+  EXPECT_EQ(inbedder_encode(mm.m, kTexts, nullptr, 2, nullptr, 1, nullptr, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(last().find("instructions is NULL but n_instructions is 1"), std::string::npos)
+      << last();
+  size_t dim = 0, need = 0;
+  ASSERT_EQ(inbedder_model_dim(mm.m, &dim), INBEDDER_OK);
+  std::vector<float> out(2 * dim);
+  EXPECT_EQ(inbedder_embed(mm.m, kTexts, 2, nullptr, nullptr, out.data(), out.size(), &need),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(last().find("embeds a text under an instruction"), std::string::npos) << last();
+  const char* empty = "";
+  EXPECT_EQ(inbedder_embed(mm.m, kTexts, 2, empty, nullptr, out.data(), out.size(), &need),
+            INBEDDER_OK)
+      << last();
+
+  NEED_BUNDLE(st, "INBEDDER_TEST_SENTENCE_BUNDLE");
+  Model sm(st);
+  ASSERT_EQ(inbedder_model_info(sm.m, "needs_instruction", &needs), INBEDDER_OK);
+  EXPECT_STREQ(needs, "no");
+  ASSERT_EQ(inbedder_model_dim(sm.m, &dim), INBEDDER_OK);
+  std::vector<float> none(2 * dim), blank(2 * dim);
+  ASSERT_EQ(inbedder_embed(sm.m, kTexts, 2, nullptr, nullptr, none.data(), none.size(), &need),
+            INBEDDER_OK)
+      << last();
+  ASSERT_EQ(inbedder_embed(sm.m, kTexts, 2, empty, nullptr, blank.data(), blank.size(), &need),
+            INBEDDER_OK)
+      << last();
+  EXPECT_EQ(none, blank);
+  ASSERT_EQ(inbedder_encode(sm.m, kTexts, nullptr, 2, nullptr, 0, nullptr, &r), INBEDDER_OK)
+      << last();
+  inbedder_result_free(r);
 }
 
 TEST(CApi, DeviceErrors) {

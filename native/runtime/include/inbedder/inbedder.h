@@ -119,9 +119,11 @@ INBEDDER_API inbedder_status inbedder_model_answers(const inbedder_model* model,
 /* -- encoding -----------------------------------------------------------------------------
  * texts: n_texts UTF-8 strings; text_lengths: their byte lengths, or NULL when every text is
  * NUL-terminated. instructions: n_instructions UTF-8 NUL-terminated strings, 1 (for every text)
- * or n_texts (one per text). options: encode options, or NULL. n_texts == 0 is
- * INBEDDER_ERR_INVALID_ARGUMENT. Texts are batched by token length; results do not depend on
- * batch_size or on which texts share a batch. */
+ * or n_texts (one per text); or none (n_instructions 0, instructions may be NULL), which only a
+ * bundle whose info "needs_instruction" is "no" takes (each text under ""); for the others it is
+ * INBEDDER_ERR_INVALID_ARGUMENT ("" is an instruction: the empty one). options: encode options,
+ * or NULL. n_texts == 0 is INBEDDER_ERR_INVALID_ARGUMENT. Texts are batched by token length;
+ * results do not depend on batch_size or on which texts share a batch. */
 INBEDDER_API inbedder_status inbedder_encode(inbedder_model* model, const char* const* texts,
                                              const size_t* text_lengths, size_t n_texts,
                                              const char* const* instructions, size_t n_instructions,
@@ -141,8 +143,9 @@ INBEDDER_API inbedder_status inbedder_result_answer(const inbedder_result* resul
                                                     const char** answer, size_t* length);
 INBEDDER_API void inbedder_result_free(inbedder_result* result);
 
-/* One call, caller-owned output: NUL-terminated texts under one instruction, vectors into
- * out (capacity floats, needs n_texts * dim; *required, may be NULL, gets that number). */
+/* One call, caller-owned output: NUL-terminated texts under one instruction (NULL: none, as
+ * n_instructions 0 above), vectors into out (capacity floats, needs n_texts * dim; *required,
+ * may be NULL, gets that number). */
 INBEDDER_API inbedder_status inbedder_embed(inbedder_model* model, const char* const* texts,
                                             size_t n_texts, const char* instruction,
                                             const inbedder_options* options, float* out,
