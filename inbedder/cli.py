@@ -331,6 +331,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
                 show_progress_bar=show,
                 return_answers=args.answers is not None,
                 truncation=args.truncation,
+                precision=args.precision,
                 **options,
             )
         except InbedderError as e:  # the library's argument names, as the flags the user typed
@@ -351,7 +352,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     if not args.quiet:
         blank = nlines - len(texts)
         print(
-            f"wrote {out}: {vecs.shape[0]} x {vecs.shape[1]} float32 ({source} read as {fmt}"
+            f"wrote {out}: {vecs.shape[0]} x {vecs.shape[1]} {vecs.dtype} ({source} read as {fmt}"
             f"{f', {blank} blank line(s) skipped' if blank else ''})",
             file=sys.stderr,
         )
@@ -475,6 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("input", "reference"),
         default="input",
         help="input (default): cut the end of a long text; reference: the published tokenizer rule",
+    )
+    m.add_argument(
+        "--precision",
+        # runtime.embedder.OUTPUT_PRECISIONS, spelled out: importing the runtime would slow --help
+        choices=("float32", "float16", "int8", "uint8", "binary", "ubinary"),
+        default="float32",
+        help="of the vectors written (as sentence-transformers' quantize_embeddings): float32 "
+        "(default), float16, int8/uint8 (ranges over the texts), binary/ubinary (packed sign bits)",
     )
     m.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="default cpu")
     m.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")

@@ -68,6 +68,11 @@ class CApi:
         lib.inbedder_result_embeddings.argtypes = [
             c.c_void_p, c.POINTER(c.POINTER(c.c_float)), c.POINTER(c.c_size_t), c.POINTER(c.c_size_t)
         ]  # fmt: skip
+        lib.inbedder_result_output_shape.argtypes = [
+            c.c_void_p, c.POINTER(c.c_char_p), c.POINTER(c.c_size_t), c.POINTER(c.c_size_t),
+            c.POINTER(c.c_size_t),
+        ]  # fmt: skip
+        lib.inbedder_result_copy_output.argtypes = [c.c_void_p, c.c_void_p, c.c_size_t, c.POINTER(c.c_size_t)]
         self.lib = lib
 
     def status_name(self, status: int) -> str:
@@ -126,6 +131,24 @@ class CApi:
         data, n, dim = c.POINTER(c.c_float)(), c.c_size_t(), c.c_size_t()
         assert self.lib.inbedder_result_embeddings(result, c.byref(data), c.byref(n), c.byref(dim)) == 0
         return np.ctypeslib.as_array(data, shape=(n.value, dim.value)).copy()
+
+    def output(self, result: int):
+        """(precision, (n, cols) array of the precision's numpy dtype) from the result's output."""
+        import numpy as np
+
+        c = self.ct
+        name, n, cols, size, need = c.c_char_p(), c.c_size_t(), c.c_size_t(), c.c_size_t(), c.c_size_t()
+        refs = (c.byref(name), c.byref(n), c.byref(cols), c.byref(size))
+        assert self.lib.inbedder_result_output_shape(result, *refs) == 0
+        dtype = {"float32": np.float32, "float16": np.float16, "int8": np.int8, "binary": np.int8}.get(
+            name.value.decode(), np.uint8
+        )
+        assert np.dtype(dtype).itemsize == size.value
+        buf = (c.c_ubyte * (n.value * cols.value * size.value))()
+        small = self.lib.inbedder_result_copy_output(result, buf, len(buf) - 1, c.byref(need))
+        assert self.status_name(small) == "INBEDDER_ERR_BUFFER_TOO_SMALL" and need.value == len(buf)
+        assert self.lib.inbedder_result_copy_output(result, buf, len(buf), None) == 0
+        return name.value.decode(), np.frombuffer(bytes(buf), dtype=dtype).reshape(n.value, cols.value)
 
     def free(self, result: int | None) -> None:
         if result:

@@ -378,6 +378,79 @@ def test_missing_instruction_matches_python(kind: str, bundles, capi: CApi):
         capi.close(m)
 
 
+PRECISIONS = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
+
+
+@pytest.mark.parametrize("kind", ["masked", "st-noprompt"])
+def test_output_precision_matches_python(kind: str, bundles, capi: CApi):
+    """The C API's "precision" gives runtime/embedder.py's quantize_output of its own float32
+    vectors, byte for byte; against the Python runtime end to end, the same up to the float32
+    difference of the two (one int8 step, a sign bit of a value near 0)."""
+    from inbedder.runtime.embedder import OUTPUT_PRECISIONS, quantize_output
+
+    assert PRECISIONS == OUTPUT_PRECISIONS
+    bundle = bundles(kind)
+    emb = Embedder(bundle)
+    m = capi.open(bundle)
+    try:
+        for precision in PRECISIONS:
+            status, msg, r = capi.encode(m, TEXTS, INSTRUCTIONS, precision=precision, normalize=1)
+            assert status == "INBEDDER_OK", msg
+            name, got = capi.output(r)
+            vecs = capi.embeddings(r)
+            capi.free(r)
+            want_own = quantize_output(vecs, precision)
+            assert name == precision and got.dtype == want_own.dtype and got.shape == want_own.shape
+            assert got.tobytes() == want_own.tobytes(), precision
+            want = emb.encode(TEXTS, INSTRUCTIONS, precision=precision, normalize=True)
+            assert got.dtype == want.dtype and got.shape == want.shape
+            if precision in ("float32", "float16"):
+                assert np.abs(got.astype(np.float32) - want.astype(np.float32)).max() <= 1e-3
+            elif precision in ("int8", "uint8"):
+                assert np.abs(got.astype(np.int16) - want.astype(np.int16)).max() <= 1
+            else:
+                bits = np.unpackbits(got.view(np.uint8) ^ want.view(np.uint8))
+                assert bits.sum() <= 2, bits.sum()
+        # int8 / uint8 of one text: refused with the Python runtime's words.
+        with pytest.raises(InputError) as e:
+            emb.encode(TEXTS[:1], INSTRUCTIONS[:1], precision="int8")
+        status, msg, r = capi.encode(m, TEXTS[:1], INSTRUCTIONS[:1], precision="int8")
+        assert status == "INBEDDER_ERR_INVALID_ARGUMENT" and r is None and msg == str(e.value)
+        status, msg, r = capi.encode(m, TEXTS[:2], INSTRUCTIONS[:1], precision="int4")
+        assert status == "INBEDDER_ERR_INVALID_ARGUMENT" and r is None
+        with pytest.raises(InputError) as e:
+            emb.encode(TEXTS[:2], INSTRUCTIONS[0], precision="int4")
+        assert msg == str(e.value)
+    finally:
+        capi.close(m)
+
+
+def test_cli_precision_matches_python_cli(bundles, build: Path, tmp_path: Path):
+    """inbedder-embed --precision writes the .npy `inbedder embed --precision` writes (same header
+    and dtype; values up to one int8 step / a sign bit of the float32 difference)."""
+    from inbedder.cli import main
+
+    bundle = bundles("masked")
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(TEXTS[:1] + TEXTS[2:]) + "\n", encoding="utf-8")  # one text per line
+    for precision in ("float16", "int8", "ubinary"):
+        py, nat = tmp_path / f"p-{precision}.npy", tmp_path / f"n-{precision}.npy"
+        assert main(["embed", "-m", str(bundle), str(src), "-o", str(py), "-i", "What?", "-q",
+                     "--precision", precision]) == 0  # fmt: skip
+        done = subprocess.run(
+            [str(_embed_tool(build)), "-m", str(bundle), str(src), "-o", str(nat), "-i", "What?",
+             "--precision", precision],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        a, b = np.load(py), np.load(nat)
+        assert py.read_bytes()[:128] == nat.read_bytes()[:128] and a.dtype == b.dtype and a.shape == b.shape
+        assert np.abs(a.astype(np.float32) - b.astype(np.float32)).max() <= (
+            1e-3 if precision == "float16" else 1
+        )
+        assert f"x {b.shape[1]} {b.dtype}" in done.stderr
+
+
 # -- the library's surface -----------------------------------------------------------------------
 def _lib(build: Path) -> Path:
     return build / "native" / "runtime" / "libinbedder.so"

@@ -3,9 +3,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <iterator>
 #include <numeric>
 #include <set>
 
+#include "pipeline.hpp"
 #include "session.hpp"
 
 namespace inbedder {
@@ -34,6 +37,73 @@ void postprocess(std::vector<float>& emb, std::size_t dim, const std::vector<std
       }
     }
   }
+}
+
+QuantizedOutput quantize_output(const std::vector<float>& emb, std::size_t dim,
+                                const std::string& precision) {
+  QuantizedOutput q;
+  q.precision = precision;
+  q.n = dim ? emb.size() / dim : 0;
+  const std::size_t n = q.n;
+  if (precision == "float32") {
+    q.cols = dim;
+    q.element_bytes = 4;
+    q.bytes.resize(emb.size() * 4);
+    if (!emb.empty()) std::memcpy(q.bytes.data(), emb.data(), q.bytes.size());
+  } else if (precision == "float16") {
+    q.cols = dim;
+    q.element_bytes = 2;
+    q.bytes.resize(emb.size() * 2);
+    for (std::size_t i = 0; i < emb.size(); ++i) {
+      uint16_t h = Ort::Float16_t(emb[i]).val;  // round to nearest even, as numpy's astype
+      std::memcpy(q.bytes.data() + 2 * i, &h, 2);
+    }
+  } else if (precision == "int8" || precision == "uint8") {
+    if (n == 1)
+      throw ValueError("precision='" + precision +
+                       "' takes its ranges from the texts of the call: give more than one");
+    q.cols = dim;
+    q.element_bytes = 1;
+    q.bytes.resize(emb.size());
+    // Per dimension over this call's vectors: lo, hi and (hi - lo) / 255 steps (1 where the
+    // range is 0), all in float32 as numpy computes them; then floor((x - lo) / step) in 0..255.
+    std::vector<float> lo(dim), step(dim);
+    for (std::size_t k = 0; k < dim && n; ++k) {
+      float a = emb[k], b = emb[k];
+      for (std::size_t i = 1; i < n; ++i) {
+        a = std::min(a, emb[i * dim + k]);
+        b = std::max(b, emb[i * dim + k]);
+      }
+      float st = (b - a) / 255.0f;
+      lo[k] = a;
+      step[k] = st == 0.0f ? 1.0f : st;
+    }
+    const bool signed8 = precision == "int8";
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t k = 0; k < dim; ++k) {
+        float v = std::floor((emb[i * dim + k] - lo[k]) / step[k]);
+        v = std::min(std::max(v, 0.0f), 255.0f);
+        int u = int(v);
+        q.bytes[i * dim + k] = signed8 ? uint8_t(int8_t(u - 128)) : uint8_t(u);
+      }
+  } else if (precision == "binary" || precision == "ubinary") {
+    q.cols = (dim + 7) / 8;
+    q.element_bytes = 1;
+    q.bytes.assign(n * q.cols, 0);
+    for (std::size_t i = 0; i < n; ++i) {
+      for (std::size_t k = 0; k < dim; ++k)
+        if (emb[i * dim + k] > 0.0f) q.bytes[i * q.cols + k / 8] |= uint8_t(0x80u >> (k % 8));
+      if (precision == "binary")  // int8: the packed byte offset by -128
+        for (std::size_t c = 0; c < q.cols; ++c)
+          q.bytes[i * q.cols + c] = uint8_t(int8_t(int(q.bytes[i * q.cols + c]) - 128));
+    }
+  } else {
+    std::string names;
+    for (const char* p : kOutputPrecisions)
+      names += (names.empty() ? "'" : ", '") + std::string(p) + "'";
+    throw ValueError("precision must be one of (" + names + "), got '" + precision + "'");
+  }
+  return q;
 }
 
 Embedder::Embedder(const std::string& bundle_dir, const std::string& device, int threads,
@@ -72,6 +142,10 @@ EncodeResult Embedder::encode(const std::vector<std::string>& texts,
       instructions_in.size() == n
           ? instructions_in
           : std::vector<std::string>(n, instructions_in.empty() ? "" : instructions_in[0]);
+  if (std::find_if(std::begin(kOutputPrecisions), std::end(kOutputPrecisions), [&](const char* p) {
+        return params.precision == p;
+      }) == std::end(kOutputPrecisions))
+    quantize_output({}, 0, params.precision);  // throws: names the precisions
   if (params.batch_size < 1)
     throw ValueError("batch_size must be a positive int, got " + std::to_string(params.batch_size));
   if (params.truncation != "input" && params.truncation != "reference")
@@ -113,6 +187,10 @@ EncodeResult Embedder::encode(const std::vector<std::string>& texts,
   }
   postprocess(r.vectors, r.dim, manifest_.postprocess);
   if (params.normalize) postprocess(r.vectors, r.dim, {"l2"});
+  if (params.precision == "float32")  // served from r.vectors: no second copy
+    r.output = QuantizedOutput{"float32", n, r.dim, 4, {}};
+  else
+    r.output = quantize_output(r.vectors, r.dim, params.precision);
   return r;
 }
 

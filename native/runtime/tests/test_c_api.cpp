@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -294,6 +295,68 @@ TEST(CApi, MissingInstruction) {
   ASSERT_EQ(inbedder_encode(sm.m, kTexts, nullptr, 2, nullptr, 0, nullptr, &r), INBEDDER_OK)
       << last();
   inbedder_result_free(r);
+}
+
+// Output precisions into caller-owned buffers with explicit sizes.
+TEST(CApi, OutputPrecision) {
+  NEED_BUNDLE(path, "INBEDDER_TEST_BUNDLE");
+  Model mm(path);
+  size_t dim = 0;
+  ASSERT_EQ(inbedder_model_dim(mm.m, &dim), INBEDDER_OK);
+  inbedder_options* o = nullptr;
+  ASSERT_EQ(inbedder_options_create(&o), INBEDDER_OK);
+  inbedder_result* r = nullptr;
+  struct Case {
+    const char* name;
+    size_t cols, element_bytes;
+  } cases[] = {{"float32", dim, 4}, {"float16", dim, 2},          {"int8", dim, 1},
+               {"uint8", dim, 1},   {"binary", (dim + 7) / 8, 1}, {"ubinary", (dim + 7) / 8, 1}};
+  std::vector<float> f32;
+  for (const Case& c : cases) {
+    ASSERT_EQ(inbedder_options_set_string(o, "precision", c.name), INBEDDER_OK);
+    ASSERT_EQ(inbedder_encode(mm.m, kTexts, nullptr, 5, &kInstr, 1, o, &r), INBEDDER_OK) << last();
+    const char* name = nullptr;
+    size_t n = 0, cols = 0, eb = 0, need = 0;
+    ASSERT_EQ(inbedder_result_output_shape(r, &name, &n, &cols, &eb), INBEDDER_OK);
+    EXPECT_STREQ(name, c.name);
+    EXPECT_EQ(n, 5u);
+    EXPECT_EQ(cols, c.cols) << c.name;
+    EXPECT_EQ(eb, c.element_bytes) << c.name;
+    std::vector<unsigned char> buf(n * cols * eb);
+    EXPECT_EQ(inbedder_result_copy_output(r, buf.data(), buf.size() - 1, &need),
+              INBEDDER_ERR_BUFFER_TOO_SMALL);
+    EXPECT_EQ(need, buf.size());
+    EXPECT_NE(last().find("bytes"), std::string::npos) << last();
+    EXPECT_EQ(inbedder_result_copy_output(r, nullptr, buf.size(), &need),
+              INBEDDER_ERR_INVALID_ARGUMENT);
+    ASSERT_EQ(inbedder_result_copy_output(r, buf.data(), buf.size(), &need), INBEDDER_OK);
+    // The float32 vectors stay available whatever the precision, and equal float32's output.
+    const float* v = nullptr;
+    ASSERT_EQ(inbedder_result_embeddings(r, &v, &n, &cols), INBEDDER_OK);
+    if (f32.empty()) {
+      f32.assign(v, v + n * dim);
+      EXPECT_EQ(0, std::memcmp(buf.data(), f32.data(), buf.size()));
+    } else {
+      EXPECT_EQ(std::vector<float>(v, v + n * dim), f32) << c.name;
+    }
+    if (std::string(c.name) == "ubinary") {  // bit 7 - k of byte 0 is dimension k's sign
+      for (size_t k = 0; k < 8 && k < dim; ++k) {
+        EXPECT_EQ((buf[0] >> (7 - k)) & 1, f32[k] > 0 ? 1 : 0) << k;
+      }
+    }
+    inbedder_result_free(r);
+  }
+  // int8 needs more than one text (its ranges are the call's); an unknown precision is named.
+  ASSERT_EQ(inbedder_options_set_string(o, "precision", "int8"), INBEDDER_OK);
+  EXPECT_EQ(inbedder_encode(mm.m, kTexts, nullptr, 1, &kInstr, 1, o, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(last().find("give more than one"), std::string::npos) << last();
+  ASSERT_EQ(inbedder_options_set_string(o, "precision", "int4"), INBEDDER_OK);
+  EXPECT_EQ(inbedder_encode(mm.m, kTexts, nullptr, 2, &kInstr, 1, o, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(last().find("got 'int4'"), std::string::npos) << last();
+  EXPECT_EQ(r, nullptr);
+  inbedder_options_destroy(o);
 }
 
 TEST(CApi, DeviceErrors) {

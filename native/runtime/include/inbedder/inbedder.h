@@ -85,7 +85,11 @@ INBEDDER_API const char* inbedder_last_error(void);
  *           "normalize" (int 0/1: L2-normalise after the bundle's post-processing),
  *           "answers" (int 0/1: also return each text's answer),
  *           "decode_steps" (int, masked-lm bundles: passes of iterative unmasking),
- *           "max_new_tokens" (int, causal-lm bundles: answer length)
+ *           "max_new_tokens" (int, causal-lm bundles: answer length),
+ *           "precision" (string, of the output, as sentence-transformers' quantize_embeddings:
+ *           "float32" (default) | "float16" | "int8" | "uint8" | "binary" | "ubinary"; see
+ *           inbedder_result_output_shape. int8 / uint8 take each dimension's range over the
+ *           texts of the call, so they need more than one text)
  * Setting an encode option and passing the options to inbedder_model_open (or the reverse) is
  * INBEDDER_ERR_UNKNOWN_OPTION; so is a family option on a bundle of another family. */
 INBEDDER_API inbedder_status inbedder_options_create(inbedder_options** out);
@@ -137,6 +141,22 @@ INBEDDER_API inbedder_status inbedder_result_embeddings(const inbedder_result* r
 INBEDDER_API inbedder_status inbedder_result_copy_embeddings(const inbedder_result* result,
                                                              float* buffer, size_t capacity,
                                                              size_t* required);
+/* The vectors in the encode's "precision": *n rows of *cols elements of *element_bytes bytes,
+ * row-major (any out-pointer may be NULL). float32: cols = dim, 4 bytes (the same numbers as
+ * inbedder_result_embeddings); float16: 2 bytes, IEEE binary16 bits in host byte order;
+ * int8 / uint8: 1 byte, 255 steps between each dimension's min and max over the call's vectors
+ * (int8 offset by -128); binary / ubinary: cols = ceil(dim / 8) bytes of sign bits (x > 0), the
+ * first dimension in the high bit (numpy packbits), as int8 offset by -128 / uint8.
+ * *precision gets the name, owned by the result. */
+INBEDDER_API inbedder_status inbedder_result_output_shape(const inbedder_result* result,
+                                                          const char** precision, size_t* n,
+                                                          size_t* cols, size_t* element_bytes);
+/* Copies those n * cols * element_bytes bytes into the caller's buffer of capacity bytes;
+ * *required (may be NULL) gets that number. Too small: INBEDDER_ERR_BUFFER_TOO_SMALL and
+ * nothing copied. */
+INBEDDER_API inbedder_status inbedder_result_copy_output(const inbedder_result* result,
+                                                         void* buffer, size_t capacity,
+                                                         size_t* required);
 /* Answer i (UTF-8, NUL-terminated, owned by the result; *length may be NULL). Only when the
  * encode asked for answers ("answers" = 1), else INBEDDER_ERR_UNSUPPORTED. */
 INBEDDER_API inbedder_status inbedder_result_answer(const inbedder_result* result, size_t index,
