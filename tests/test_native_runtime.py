@@ -247,6 +247,27 @@ def test_native_matches_python(kind: str, bundles, build: Path, tmp_path: Path, 
     record_property("parity", figures)
 
 
+@pytest.mark.parametrize("kind", ["masked", "instructor"])
+def test_long_texts_bounded_like_python(kind: str, bundles, build: Path, tmp_path: Path):
+    """Texts (and an instruction) far past every limit: the native stand-in (head + tail, as
+    runtime/prompt.py) gives the vectors of the Python runtime tokenizing the whole text, in both
+    truncation modes; with ASCII spaces, CJK without any, and a cut inside a long run of spaces."""
+    bundle = bundles(kind)
+    emb = Embedder(bundle)
+    words = (LONG + " ") * 40  # ~230k characters
+    cjk = "東京で会いましょう。" * 20000
+    spaces = "a" * 30000 + " " * 20000 + "b " * 30000
+    texts = [words, cjk, spaces, "short"]
+    instructions = ["What is the main problem?", "Where?", "What?" + " why" * 30000, "What?"]
+    emb.pipeline.prompts.bounded = False  # the reference: every text tokenized whole
+    for truncation in ("input", "reference"):
+        want = emb.encode(texts, instructions, truncation=truncation, batch_size=2)
+        got = run_native(build, bundle, tmp_path / truncation, texts, instructions, False,
+                         "--truncation", truncation, "--batch-size", "2")  # fmt: skip
+        assert isinstance(got[0], np.ndarray), got
+        assert np.abs(got[0] - want).max() <= TOL, truncation
+
+
 def test_cli_lines_stdin_and_single_instruction(bundles, build: Path, tmp_path: Path):
     bundle = bundles("masked")
     text = "I love cats!\n\nÇa coûte 20 €\r\nlast line without newline"

@@ -128,7 +128,10 @@ long long Pipeline::pool_start(const std::string& instruction,
                          : 0;
   std::string text = strip ? py_strip(instruction) : instruction;
   if (text.empty()) return 0;  // nothing to leave out
-  std::size_t n = prompts_->token_count(text);
+  // A stand-in of a very long instruction counts differently, but past every position of the
+  // (truncated) prompt either way: nothing of it is pooled, as with the full count.
+  std::string storage;
+  std::size_t n = prompts_->token_count(prompts_->stand_in(text, storage));
   return std::max<long long>((long long)n + offset, 0);
 }
 
