@@ -564,6 +564,38 @@ def _damage(bundle: Path, tmp: Path):
     (d / "inbedder.json").unlink()
     yield d
     yield tmp / "no-such-dir"
+    # Links: out of the bundle (even unlisted), a listed file as a link, the manifest as a link.
+    outside = tmp / "outside.txt"
+    outside.write_text("x")
+    d = copy("link-out")
+    (d / "stray").symlink_to(outside)
+    yield d
+    d = copy("link-listed")
+    tok = manifest.get("tokenizer_file", "tokenizer.json")
+    (d / tok).rename(d / "tok.real")
+    (d / tok).symlink_to("tok.real")
+    yield d
+    d = copy("link-manifest")
+    (d / "inbedder.json").rename(tmp / "manifest.real")
+    (d / "inbedder.json").symlink_to(tmp / "manifest.real")
+    yield d
+    d = copy("not-regular")
+    (d / tok).unlink()
+    (d / tok).mkdir()
+    yield d
+    # Versioned layout: a pointer naming a v-... directory (loads), a bad pointer, a missing one.
+    d = tmp / "versioned"
+    d.mkdir()
+    shutil.copytree(bundle, d / "v-20260101T000000-ab12")
+    (d / "inbedder.current").write_text("v-20260101T000000-ab12\n")
+    yield d
+    for n, ptr in enumerate(["../elsewhere\n", "v-gone\n", "v-ok"]):
+        e = tmp / f"pointer-{n}"
+        shutil.copytree(d, e)
+        (e / "inbedder.current").write_text(ptr)
+        if ptr == "v-ok":  # names a file, not a directory
+            (e / "v-ok").write_text("")
+        yield e
 
 
 def test_manifest_errors_match_python(bundles, build: Path, tmp_path: Path):

@@ -108,9 +108,13 @@ QuantizedOutput quantize_output(const std::vector<float>& emb, std::size_t dim,
 
 Embedder::Embedder(const std::string& bundle_dir, const std::string& device, int threads,
                    bool verify)
-    : manifest_(load_manifest(bundle_dir, verify)), device_(resolve_device(device)) {
+    : device_(resolve_device(device)) {
   if (threads < 0) throw ValueError("threads must be a positive int or 0 (the default)");
-  pipeline_ = make_pipeline(pure_path(bundle_dir), manifest_, device_, threads);
+  // Built while this version of the bundle is locked: every file comes from it.
+  load_bundle(bundle_dir, verify, [&](const Bundle& bundle) {
+    manifest_ = bundle.manifest;
+    pipeline_ = make_pipeline(bundle, device_, threads);
+  });
 }
 
 EncodeResult Embedder::encode(const std::vector<std::string>& texts,

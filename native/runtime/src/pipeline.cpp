@@ -22,6 +22,21 @@ const Family kFamilies[] = {{"causal-lm", make_causal_lm},
                             {"masked-lm", make_masked_lm},
                             {"sentence-encoder", make_sentence_encoder}};
 
+// The tokenizer from the bytes load_bundle hashed (never re-read: a file swapped meanwhile cannot
+// slip in), with runtime/pipeline.py's error when they are not a tokenizer.
+tok::Tokenizer tokenizer_of(const Bundle& bundle) {
+  try {
+    return tok::Tokenizer::from_json(bundle.tokenizer_json);
+  } catch (const std::bad_alloc&) {
+    throw;
+  } catch (const std::exception& e) {  // the tokenizer's errors, and its JSON parser's
+    std::string first = e.what();
+    first = first.substr(0, first.find('\n'));
+    throw BundleError(pure_path(bundle.root + "/" + bundle.manifest.tokenizer_file) +
+                      ": not a tokenizer `tokenizers` can read (" + first + ")");
+  }
+}
+
 }  // namespace
 
 Ort::Value I64Tensor::value() {
@@ -75,12 +90,12 @@ std::vector<int64_t> to_int64(const Ort::Value& v) {
   return out;
 }
 
-Pipeline::Pipeline(const std::string& root, const Manifest& manifest, const std::string& device,
-                   int threads)
-    : root_(root),
-      manifest_(manifest),
+Pipeline::Pipeline(const Bundle& bundle, const std::string& device, int threads)
+    : root_(bundle.root),
+      manifest_(bundle.manifest),
       device_(device),
-      tokenizer_(tok::Tokenizer::from_file(pure_path(root + "/" + manifest.tokenizer_file))) {
+      tokenizer_(tokenizer_of(bundle)) {
+  const std::string& root = root_;
   prompts_ = std::make_unique<PromptTokenizer>(tokenizer_, manifest_.prompt, manifest_.truncation);
   for (const auto& [role, g] : manifest_.graphs)
     sessions_[role] = make_session(pure_path(root + "/" + g.file), g, device, threads);
@@ -259,11 +274,11 @@ std::string Pipeline::decode_answer(const std::vector<int64_t>& ids) const {
   return clean ? tok::clean_up_tokenization(std::move(text)) : text;
 }
 
-std::unique_ptr<Pipeline> make_pipeline(const std::string& root, const Manifest& manifest,
-                                        const std::string& device, int threads) {
+std::unique_ptr<Pipeline> make_pipeline(const Bundle& bundle, const std::string& device,
+                                        int threads) {
   for (const auto& f : kFamilies)
-    if (manifest.family == f.name) return f.make(root, manifest, device, threads);
-  throw BundleError("bundle family " + py_repr(manifest.family) +
+    if (bundle.manifest.family == f.name) return f.make(bundle, device, threads);
+  throw BundleError("bundle family " + py_repr(bundle.manifest.family) +
                     " is not supported by this runtime (upgrade inbedder?)");
 }
 
