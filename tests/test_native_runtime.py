@@ -297,6 +297,37 @@ def test_cli_lines_stdin_and_single_instruction(bundles, build: Path, tmp_path: 
     assert (tmp_path / "p.npy").read_bytes()[:128] == (tmp_path / "o.npy").read_bytes()[:128]
 
 
+def test_hub_name_from_the_local_bundle_cache(bundles, build: Path, tmp_path: Path):
+    """-m org/name opens the bundle runtime/hub.py materialized for refs/main's commit
+    (<HF_HUB_CACHE>/../inbedder/bundles/models--org--name/<commit>/), with no network; a name not
+    in the cache is a clear error."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    hub = tmp_path / "hf" / "hub"
+    (hub / "models--org--tiny" / "refs").mkdir(parents=True)
+    (hub / "models--org--tiny" / "refs" / "main").write_text(commit)
+    bundle = bundles("masked")
+    shutil.copytree(bundle, tmp_path / "hf" / "inbedder" / "bundles" / "models--org--tiny" / commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(hub)}
+    src = tmp_path / "in.txt"
+    src.write_text("I love cats!\nok\n", encoding="utf-8")
+    tool = str(_embed_tool(build))
+    done = subprocess.run([tool, "-m", "org/tiny", str(src), "-o", str(tmp_path / "o.npy"), "-i", "What?"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    want = Embedder(bundle).encode(["I love cats!", "ok"], "What?")
+    assert np.abs(np.load(tmp_path / "o.npy") - want).max() <= TOL
+    for name, why in (
+        ("org/absent", "not in the local hub cache"),
+        ("org/tiny", "local bundle cache has no"),
+    ):
+        if name == "org/tiny":
+            (hub / "models--org--tiny" / "refs" / "main").write_text("f" * 40)
+        done = subprocess.run([tool, "-m", name, str(src), "-o", str(tmp_path / "x.npy"), "-i", "What?"],
+                              capture_output=True, text=True, env=env, cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 2 and f"{name}: no such bundle directory" in done.stderr, done.stderr
+        assert why in done.stderr and "does not download" in done.stderr
+
+
 def test_cli_errors(bundles, build: Path, tmp_path: Path):
     tool = str(_embed_tool(build))
     bad = tmp_path / "bad.jsonl"

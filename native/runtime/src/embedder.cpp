@@ -8,6 +8,7 @@
 #include <numeric>
 #include <set>
 
+#include "hub.hpp"
 #include "pipeline.hpp"
 #include "session.hpp"
 
@@ -111,7 +112,8 @@ Embedder::Embedder(const std::string& bundle_dir, const std::string& device, int
     : device_(resolve_device(device)) {
   if (threads < 0) throw ValueError("threads must be a positive int or 0 (the default)");
   // Built while this version of the bundle is locked: every file comes from it.
-  load_bundle(bundle_dir, verify, [&](const Bundle& bundle) {
+  // A directory, or a hub name looked up in the local bundle cache (no network).
+  load_bundle(resolve_bundle(bundle_dir), verify, [&](const Bundle& bundle) {
     manifest_ = bundle.manifest;
     pipeline_ = make_pipeline(bundle, device_, threads);
   });

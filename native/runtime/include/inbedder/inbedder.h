@@ -102,9 +102,12 @@ INBEDDER_API inbedder_status inbedder_options_set_int(inbedder_options* options,
 INBEDDER_API inbedder_status inbedder_options_clear(inbedder_options* options, const char* name);
 
 /* -- model --------------------------------------------------------------------------------
- * Opens the bundle directory: checks the manifest (format, version, every file's size and
- * sha256, paths inside the bundle), loads the tokenizer and the ONNX graph(s). options may be
- * NULL. On failure *out is NULL. */
+ * Opens the bundle directory (plain, or versioned: inbedder.current naming a v-... directory,
+ * read under a shared flock): checks the manifest (format, version, every file's size and
+ * sha256, paths inside the bundle, no links out), loads the tokenizer and the ONNX graph(s).
+ * bundle_dir may also be a hub name "org/name" that is not a directory: the bundle the Python
+ * runtime fetched into the local bundle cache (<HF_HUB_CACHE>/../inbedder/bundles/...), never
+ * downloaded here. options may be NULL. On failure *out is NULL. */
 INBEDDER_API inbedder_status inbedder_model_open(const char* bundle_dir,
                                                  const inbedder_options* options,
                                                  inbedder_model** out);
