@@ -328,6 +328,30 @@ def test_hub_name_from_the_local_bundle_cache(bundles, build: Path, tmp_path: Pa
         assert why in done.stderr and "does not download" in done.stderr
 
 
+def test_graph_io_against_the_manifest(bundles, build: Path, tmp_path: Path):
+    """A manifest whose graph inputs or outputs are not the graph's: refused at open, by both
+    runtimes, with the same words."""
+    src = tmp_path / "in.txt"
+    src.write_text("ok\n", encoding="utf-8")
+    for n, edit in enumerate((
+        lambda g: g.update(inputs=g["inputs"][:-1]),
+        lambda g: g.update(inputs=[*g["inputs"], "extra"]),
+        lambda g: g.update(outputs=[*g["outputs"], "nope"]),
+    )):  # fmt: skip
+        d = tmp_path / f"b{n}"
+        shutil.copytree(bundles("masked"), d)
+        m = json.loads((d / "inbedder.json").read_text())
+        edit(m["graphs"]["encoder"])
+        (d / "inbedder.json").write_text(json.dumps(m))
+        with pytest.raises(BundleError) as e:
+            Embedder(d)
+        done = subprocess.run(
+            [str(_embed_tool(build)), "-m", str(d), str(src), "-o", str(tmp_path / "o.npy"), "-i", "x"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 2 and str(e.value) in done.stderr, (str(e.value), done.stderr)
+
+
 def test_cli_errors(bundles, build: Path, tmp_path: Path):
     tool = str(_embed_tool(build))
     bad = tmp_path / "bad.jsonl"

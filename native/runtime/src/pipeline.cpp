@@ -97,8 +97,35 @@ Pipeline::Pipeline(const Bundle& bundle, const std::string& device, int threads)
       tokenizer_(tokenizer_of(bundle)) {
   const std::string& root = root_;
   prompts_ = std::make_unique<PromptTokenizer>(tokenizer_, manifest_.prompt, manifest_.truncation);
-  for (const auto& [role, g] : manifest_.graphs)
-    sessions_[role] = make_session(pure_path(root + "/" + g.file), g, device, threads);
+  for (const auto& [role, g] : manifest_.graphs) {
+    const std::string path = pure_path(root + "/" + g.file);
+    auto session = make_session(path, g, device, threads);
+    // The graph's own inputs and outputs against the manifest's (runtime/pipeline.py's words).
+    Ort::AllocatorWithDefaultOptions alloc;
+    nlohmann::ordered_json declared = nlohmann::ordered_json::array();
+    std::vector<std::string> have_out;
+    for (std::size_t k = 0; k < session->GetInputCount(); ++k)
+      declared.push_back(std::string(session->GetInputNameAllocated(k, alloc).get()));
+    for (std::size_t k = 0; k < session->GetOutputCount(); ++k)
+      have_out.push_back(session->GetOutputNameAllocated(k, alloc).get());
+    std::vector<std::string> a = declared.get<std::vector<std::string>>(), b = g.inputs;
+    std::sort(a.begin(), a.end());
+    std::sort(b.begin(), b.end());
+    if (a != b)
+      throw BundleError(path + ": the graph's inputs " + py_repr(declared) +
+                        " differ from the manifest's graphs." + role + ".inputs " +
+                        py_repr(nlohmann::ordered_json(g.inputs)));
+    std::vector<std::string> missing;
+    for (const auto& o : g.outputs)
+      if (std::find(have_out.begin(), have_out.end(), o) == have_out.end()) missing.push_back(o);
+    std::sort(missing.begin(), missing.end());
+    missing.erase(std::unique(missing.begin(), missing.end()), missing.end());
+    if (!missing.empty())
+      throw BundleError(path + ": the graph has no outputs " +
+                        py_repr(nlohmann::ordered_json(missing)) + " (graphs." + role +
+                        ".outputs)");
+    sessions_[role] = std::move(session);
+  }
   auto it = manifest_.special_tokens.find("pad");
   pad_id_ = it == manifest_.special_tokens.end() ? 0 : it->second;
 }
