@@ -4,11 +4,14 @@ Scope: a RoBERTa masked-LM with random weights (speed does not depend on weight 
 "large" (roberta-large: 24 x 1024, FFN 4096, vocab 50265; bench/models.py) or "base" (12 x 768,
 FFN 3072, same vocabulary), exported by inbedder and quantized to int8. Each (runtime, batch)
 runs in its own process so that its peak RSS (VmHWM) is its own: texts/s at batch 1 and 8 on 32
-prompts of exactly T tokens (median of RUNS), time from open to the first vector, peak RSS
-against the bundle's weight size. The native side is `inbedder-bench` (C API, no Python). Also
-prints the shared library's size, the libraries it links (ldd) and the CPU flags.
+prompts of exactly T tokens (median of RUNS), CPU seconds per text (all threads: the work done,
+steadier than wall time on a shared machine), time from open to the first vector, peak RSS
+against the bundle's weight size. The two runtimes alternate, PAIRS times per batch size (A B,
+then B A, ...), and the ratios native/Python are taken pair by pair, so a machine whose speed
+drifts (other jobs) does not favour one side. The native side is `inbedder-bench` (C API, no
+Python). Also prints the shared library's size, the libraries it links (ldd) and the CPU flags.
 
-    python bench/native.py --work /tmp/inbedder-native-bench [--shape large|base] [--runs 5]
+    python bench/native.py --work /tmp/inbedder-native-bench [--shape large|base] [--runs 3] [--pairs 3]
 
 Prints a table and writes native-results.json in the work directory.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -100,15 +104,17 @@ def python_worker(bundle: Path, texts_file: Path, batch: int, runs: int, threads
     emb.encode(texts[:1], INSTRUCTION)
     first = time.perf_counter() - t0
     emb.encode(texts, INSTRUCTION, batch_size=batch)  # warm-up
-    times = []
+    times, cpu = [], []
     for _ in range(runs):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         emb.encode(texts, INSTRUCTION, batch_size=batch)
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     med = sorted(times)[len(times) // 2]
     peak_rss_mb = _sibling("bench").peak_rss_mb
+    cpu_per_text = sorted(cpu)[len(cpu) // 2] / len(texts)
     return {"open_to_first_vector_s": first, "median_s": med, "texts_per_s": len(texts) / med,
-            "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+            "cpu_s_per_text": cpu_per_text, "peak_rss_mb": peak_rss_mb()}  # fmt: skip
 
 
 def native_build() -> Path:
@@ -116,6 +122,48 @@ def native_build() -> Path:
     from native import build_native
 
     return build_native()
+
+
+def run_one(
+    runtime: str, batch: int, args: argparse.Namespace, bundle: Path, texts_file: Path, tool: Path
+) -> dict:
+    """One process of one runtime at one batch size; its JSON line."""
+    if runtime == "native":
+        cmd = [str(tool), str(bundle), str(texts_file), INSTRUCTION, str(batch), str(args.runs),
+               str(args.threads)]  # fmt: skip
+    else:
+        cmd = [sys.executable, __file__, "--work", str(args.work), "--shape", args.shape,
+               "--worker", str(texts_file), "--batch", str(batch), "--runs", str(args.runs),
+               "--threads", str(args.threads)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
+
+
+def summary(rows: list[dict], weights_mb: float) -> list[dict]:
+    """Per batch size: each runtime's medians, and the pair-by-pair ratios native/Python."""
+    out = []
+    for batch in sorted({r["batch"] for r in rows}):
+        by = {rt: {r["pair"]: r for r in rows if r["batch"] == batch and r["runtime"] == rt}
+              for rt in ("native", "python")}  # fmt: skip
+        pairs = sorted(set(by["native"]) & set(by["python"]))
+        speed = [by["native"][p]["texts_per_s"] / by["python"][p]["texts_per_s"] for p in pairs]
+        work = [by["python"][p]["cpu_s_per_text"] / by["native"][p]["cpu_s_per_text"] for p in pairs]
+        row = {"batch": batch, "pairs": len(pairs), "speed_ratio_median": _median(speed),
+               "speed_ratio_min": min(speed), "speed_ratio_max": max(speed),
+               "cpu_ratio_median": _median(work)}  # fmt: skip
+        for rt in ("native", "python"):
+            rs = list(by[rt].values())
+            row[rt] = {k: _median([r[k] for r in rs]) for k in
+                       ("texts_per_s", "cpu_s_per_text", "open_to_first_vector_s")}  # fmt: skip
+            row[rt]["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rs)
+            row[rt]["rss_over_weights"] = row[rt]["peak_rss_mb"] / weights_mb
+        out.append(row)
+    return out
 
 
 def cpu_flags() -> dict:
@@ -134,7 +182,8 @@ def main() -> None:
     ap.add_argument("--shape", choices=tuple(SHAPES), default="large")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--texts", type=int, default=32)
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=3, help="alternating native/Python pairs per batch size")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
@@ -156,35 +205,38 @@ def main() -> None:
     tool = build_dir / "native" / "runtime" / "inbedder-bench"
     rows = []
     for batch in (1, 8):
-        for runtime in ("python", "native"):
-            if runtime == "native":
-                cmd = [str(tool), str(bundle), str(texts_file), INSTRUCTION, str(batch), str(args.runs),
-                       str(args.threads)]  # fmt: skip
-            else:
-                cmd = [sys.executable, __file__, "--work", str(args.work), "--shape", args.shape,
-                       "--worker", str(texts_file), "--batch", str(batch), "--runs", str(args.runs),
-                       "--threads", str(args.threads)]  # fmt: skip
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            rows.append({"runtime": runtime, "batch": batch, **json.loads(out.strip().splitlines()[-1])})
+        for pair in range(args.pairs):
+            for runtime in ("python", "native") if pair % 2 == 0 else ("native", "python"):
+                rows.append({"runtime": runtime, "batch": batch, "pair": pair,
+                             **run_one(runtime, batch, args, bundle, texts_file, tool)})  # fmt: skip
     lib = (build_dir / "native" / "runtime" / "libinbedder.so").resolve()
     ldd = subprocess.run(["ldd", str(lib)], capture_output=True, text=True).stdout
     result = {
         "shape": args.shape, "tokens": args.tokens, "texts": args.texts, "threads": args.threads,
-        "weights_mb": weights_mb, "rows": rows, "cpu": cpu_flags(),
-        "libinbedder_bytes": lib.stat().st_size,
+        "runs": args.runs, "weights_mb": weights_mb, "rows": rows, "summary": summary(rows, weights_mb),
+        "cpu": cpu_flags(), "load_average": os.getloadavg(), "libinbedder_bytes": lib.stat().st_size,
         "ldd": [ln.split()[0] for ln in ldd.splitlines() if ln.strip()],
     }  # fmt: skip
     (args.work / "native-results.json").write_text(json.dumps(result, indent=2))
     print(f"int8 roberta-{args.shape}-shaped bundle, weights {weights_mb:.0f} MB; {args.texts} prompts of "
           f"{args.tokens} tokens; {args.threads} threads; {result['cpu']['model']}")  # fmt: skip
-    head = f"{'runtime':8} {'batch':>5} {'texts/s':>9} {'open->1st vector s':>19} {'peak RSS MB':>12}"
-    print(f"{head} {'RSS/weights':>12}")
-    for r in rows:
-        first, rss = r["open_to_first_vector_s"], r["peak_rss_mb"]
+    head = f"{'runtime':8} {'batch':>5} {'texts/s':>9} {'CPU ms/text':>12} {'open->1st vector s':>19}"
+    print(f"{head} {'peak RSS MB':>12} {'RSS/weights':>12}")
+    for row in result["summary"]:
+        for rt in ("native", "python"):
+            r = row[rt]
+            print(
+                f"{rt:8} {row['batch']:>5} {r['texts_per_s']:>9.2f} {1e3 * r['cpu_s_per_text']:>12.1f} "
+                f"{r['open_to_first_vector_s']:>19.3f} {r['peak_rss_mb']:>12.0f} "
+                f"{r['rss_over_weights']:>12.2f}"
+            )
         print(
-            f"{r['runtime']:8} {r['batch']:>5} {r['texts_per_s']:>9.2f} {first:>19.3f} {rss:>12.0f} "
-            f"{rss / weights_mb:>12.2f}"
+            f"  batch {row['batch']}: native/Python texts/s, pair by pair: median "
+            f"{row['speed_ratio_median']:.3f} "
+            f"(min {row['speed_ratio_min']:.3f}, max {row['speed_ratio_max']:.3f}, {row['pairs']} pairs); "
+            f"CPU per text Python/native: {row['cpu_ratio_median']:.3f}"
         )
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in result['load_average'])}")
     print(f"libinbedder.so: {lib.stat().st_size / 1e6:.2f} MB; links {', '.join(result['ldd'])}")
     print(f"CPU flags: {' '.join(result['cpu']['flags'])}")
 

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from inbedder import Embedder
+from inbedder.errors import InputError
 from inbedder.runtime.bundle import BundleError, load_manifest
 from inbedder.runtime.samples import VALIDATION_TEXTS
-from native import ROOT, build_native
+from native import ROOT, CApi, build_native
 
 LONG = VALIDATION_TEXTS[4]  # ~1,300 tokens: past every limit here
 TEXTS = [
@@ -246,6 +247,27 @@ def test_native_matches_python(kind: str, bundles, build: Path, tmp_path: Path, 
     record_property("parity", figures)
 
 
+@pytest.mark.parametrize("kind", ["masked", "instructor"])
+def test_long_texts_bounded_like_python(kind: str, bundles, build: Path, tmp_path: Path):
+    """Texts (and an instruction) far past every limit: the native stand-in (head + tail, as
+    runtime/prompt.py) gives the vectors of the Python runtime tokenizing the whole text, in both
+    truncation modes; with ASCII spaces, CJK without any, and a cut inside a long run of spaces."""
+    bundle = bundles(kind)
+    emb = Embedder(bundle)
+    words = (LONG + " ") * 40  # ~230k characters
+    cjk = "東京で会いましょう。" * 20000
+    spaces = "a" * 30000 + " " * 20000 + "b " * 30000
+    texts = [words, cjk, spaces, "short"]
+    instructions = ["What is the main problem?", "Where?", "What?" + " why" * 30000, "What?"]
+    emb.pipeline.prompts.bounded = False  # the reference: every text tokenized whole
+    for truncation in ("input", "reference"):
+        want = emb.encode(texts, instructions, truncation=truncation, batch_size=2)
+        got = run_native(build, bundle, tmp_path / truncation, texts, instructions, False,
+                         "--truncation", truncation, "--batch-size", "2")  # fmt: skip
+        assert isinstance(got[0], np.ndarray), got
+        assert np.abs(got[0] - want).max() <= TOL, truncation
+
+
 def test_cli_lines_stdin_and_single_instruction(bundles, build: Path, tmp_path: Path):
     bundle = bundles("masked")
     text = "I love cats!\n\nÇa coûte 20 €\r\nlast line without newline"
@@ -273,6 +295,61 @@ def test_cli_lines_stdin_and_single_instruction(bundles, build: Path, tmp_path: 
                  "--answers", str(tmp_path / "p.jsonl"), "-q"]) == 0  # fmt: skip
     assert (tmp_path / "p.jsonl").read_bytes() == (tmp_path / "a.jsonl").read_bytes()
     assert (tmp_path / "p.npy").read_bytes()[:128] == (tmp_path / "o.npy").read_bytes()[:128]
+
+
+def test_hub_name_from_the_local_bundle_cache(bundles, build: Path, tmp_path: Path):
+    """-m org/name opens the bundle runtime/hub.py materialized for refs/main's commit
+    (<HF_HUB_CACHE>/../inbedder/bundles/models--org--name/<commit>/), with no network; a name not
+    in the cache is a clear error."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    hub = tmp_path / "hf" / "hub"
+    (hub / "models--org--tiny" / "refs").mkdir(parents=True)
+    (hub / "models--org--tiny" / "refs" / "main").write_text(commit)
+    bundle = bundles("masked")
+    shutil.copytree(bundle, tmp_path / "hf" / "inbedder" / "bundles" / "models--org--tiny" / commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(hub)}
+    src = tmp_path / "in.txt"
+    src.write_text("I love cats!\nok\n", encoding="utf-8")
+    tool = str(_embed_tool(build))
+    done = subprocess.run([tool, "-m", "org/tiny", str(src), "-o", str(tmp_path / "o.npy"), "-i", "What?"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    want = Embedder(bundle).encode(["I love cats!", "ok"], "What?")
+    assert np.abs(np.load(tmp_path / "o.npy") - want).max() <= TOL
+    for name, why in (
+        ("org/absent", "not in the local hub cache"),
+        ("org/tiny", "local bundle cache has no"),
+    ):
+        if name == "org/tiny":
+            (hub / "models--org--tiny" / "refs" / "main").write_text("f" * 40)
+        done = subprocess.run([tool, "-m", name, str(src), "-o", str(tmp_path / "x.npy"), "-i", "What?"],
+                              capture_output=True, text=True, env=env, cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 2 and f"{name}: no such bundle directory" in done.stderr, done.stderr
+        assert why in done.stderr and "does not download" in done.stderr
+
+
+def test_graph_io_against_the_manifest(bundles, build: Path, tmp_path: Path):
+    """A manifest whose graph inputs or outputs are not the graph's: refused at open, by both
+    runtimes, with the same words."""
+    src = tmp_path / "in.txt"
+    src.write_text("ok\n", encoding="utf-8")
+    for n, edit in enumerate((
+        lambda g: g.update(inputs=g["inputs"][:-1]),
+        lambda g: g.update(inputs=[*g["inputs"], "extra"]),
+        lambda g: g.update(outputs=[*g["outputs"], "nope"]),
+    )):  # fmt: skip
+        d = tmp_path / f"b{n}"
+        shutil.copytree(bundles("masked"), d)
+        m = json.loads((d / "inbedder.json").read_text())
+        edit(m["graphs"]["encoder"])
+        (d / "inbedder.json").write_text(json.dumps(m))
+        with pytest.raises(BundleError) as e:
+            Embedder(d)
+        done = subprocess.run(
+            [str(_embed_tool(build)), "-m", str(d), str(src), "-o", str(tmp_path / "o.npy"), "-i", "x"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 2 and str(e.value) in done.stderr, (str(e.value), done.stderr)
 
 
 def test_cli_errors(bundles, build: Path, tmp_path: Path):
@@ -313,6 +390,7 @@ def _ctest(build: Path, bundles, extra_env: dict[str, str] | None = None) -> str
     env = dict(os.environ)
     env["INBEDDER_TEST_BUNDLE"] = str(bundles("masked"))
     env["INBEDDER_TEST_CAUSAL_BUNDLE"] = str(bundles("causal-opt-avg"))
+    env["INBEDDER_TEST_SENTENCE_BUNDLE"] = str(bundles("st-noprompt"))
     env.update(extra_env or {})
     done = subprocess.run(
         ["ctest", "--test-dir", str(build), "--output-on-failure", "-R", "c_api|header"],
@@ -339,6 +417,117 @@ def test_c_api_under_asan_ubsan(bundles):
     out = _ctest(build, bundles, env)
     assert "100% tests passed" in out
     assert "ERROR: AddressSanitizer" not in out and "runtime error:" not in out
+
+
+# -- the C API against the Python runtime, in one process (ctypes) ------------------------------
+@pytest.fixture(scope="module")
+def capi(build: Path) -> CApi:
+    return CApi(build)
+
+
+@pytest.mark.parametrize("kind", ["masked", "instructor", "causal-opt-avg", "st-noprompt"])
+def test_missing_instruction_matches_python(kind: str, bundles, capi: CApi):
+    """No instruction at all: refused (InputError / INBEDDER_ERR_INVALID_ARGUMENT) by the families
+    that embed under one, "" for a sentence encoder; "" is accepted everywhere."""
+    bundle = bundles(kind)
+    emb = Embedder(bundle)
+    texts = TEXTS[:3]
+    m = capi.open(bundle)
+    try:
+        status, msg, r = capi.encode(m, texts, None)
+        try:
+            want = emb.encode(texts)
+        except InputError as e:
+            assert emb.pipeline.needs_instruction
+            assert status == "INBEDDER_ERR_INVALID_ARGUMENT" and r is None
+            assert str(e).split(":")[0] == msg.split(":")[0]  # "this bundle (recipe) embeds a text under ..."
+        else:
+            assert not emb.pipeline.needs_instruction
+            assert status == "INBEDDER_OK", msg
+            assert np.abs(capi.embeddings(r) - want).max() <= TOL
+        capi.free(r)
+        status, msg, r = capi.encode(m, texts, [""])
+        assert status == "INBEDDER_OK", msg
+        assert np.abs(capi.embeddings(r) - emb.encode(texts, "")).max() <= TOL
+        capi.free(r)
+    finally:
+        capi.close(m)
+
+
+PRECISIONS = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
+
+
+@pytest.mark.parametrize("kind", ["masked", "st-noprompt"])
+def test_output_precision_matches_python(kind: str, bundles, capi: CApi):
+    """The C API's "precision" gives runtime/embedder.py's quantize_output of its own float32
+    vectors, byte for byte; against the Python runtime end to end, the same up to the float32
+    difference of the two (one int8 step, a sign bit of a value near 0)."""
+    from inbedder.runtime.embedder import OUTPUT_PRECISIONS, quantize_output
+
+    assert PRECISIONS == OUTPUT_PRECISIONS
+    bundle = bundles(kind)
+    emb = Embedder(bundle)
+    m = capi.open(bundle)
+    try:
+        for precision in PRECISIONS:
+            status, msg, r = capi.encode(m, TEXTS, INSTRUCTIONS, precision=precision, normalize=1)
+            assert status == "INBEDDER_OK", msg
+            name, got = capi.output(r)
+            vecs = capi.embeddings(r)
+            capi.free(r)
+            want_own = quantize_output(vecs, precision)
+            assert name == precision and got.dtype == want_own.dtype and got.shape == want_own.shape
+            assert got.tobytes() == want_own.tobytes(), precision
+            want = emb.encode(TEXTS, INSTRUCTIONS, precision=precision, normalize=True)
+            assert got.dtype == want.dtype and got.shape == want.shape
+            if precision in ("float32", "float16"):
+                assert np.abs(got.astype(np.float32) - want.astype(np.float32)).max() <= 1e-3
+            elif precision in ("int8", "uint8"):
+                assert np.abs(got.astype(np.int16) - want.astype(np.int16)).max() <= 1
+            else:
+                bits = np.unpackbits(got.view(np.uint8) ^ want.view(np.uint8))
+                assert bits.sum() <= 2, bits.sum()
+        # int8 / uint8 of one text: refused with the Python runtime's words.
+        with pytest.raises(InputError) as e:
+            emb.encode(TEXTS[:1], INSTRUCTIONS[:1], precision="int8")
+        status, msg, r = capi.encode(m, TEXTS[:1], INSTRUCTIONS[:1], precision="int8")
+        assert status == "INBEDDER_ERR_INVALID_ARGUMENT" and r is None and msg == str(e.value)
+        status, msg, r = capi.encode(m, TEXTS[:2], INSTRUCTIONS[:1], precision="int4")
+        assert status == "INBEDDER_ERR_INVALID_ARGUMENT" and r is None
+        with pytest.raises(InputError) as e:
+            emb.encode(TEXTS[:2], INSTRUCTIONS[0], precision="int4")
+        assert msg == str(e.value)
+    finally:
+        capi.close(m)
+
+
+def test_cli_precision_matches_python(bundles, build: Path, tmp_path: Path):
+    """inbedder-embed --precision writes the .npy that `np.save` writes of the Python runtime's
+    `encode(..., precision=)` (same header and dtype; values up to one int8 step / a sign bit of
+    the float32 difference). The Python CLI streams (issue "batch jobs"): its `--dtype float16` is
+    this float16; ranges over all the texts (int8/uint8) and packed bits are the API's."""
+    from inbedder import Embedder
+
+    bundle = bundles("masked")
+    src = tmp_path / "in.txt"
+    texts = TEXTS[:1] + TEXTS[2:]
+    src.write_text("\n".join(texts) + "\n", encoding="utf-8")  # one text per line
+    with Embedder(bundle) as emb:
+        for precision in ("float16", "int8", "ubinary"):
+            py, nat = tmp_path / f"p-{precision}.npy", tmp_path / f"n-{precision}.npy"
+            np.save(py, emb.encode(texts, "What?", precision=precision))
+            done = subprocess.run(
+                [str(_embed_tool(build)), "-m", str(bundle), str(src), "-o", str(nat), "-i", "What?",
+                 "--precision", precision],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            a, b = np.load(py), np.load(nat)
+            assert py.read_bytes()[:128] == nat.read_bytes()[:128] and a.dtype == b.dtype and a.shape == b.shape
+            assert np.abs(a.astype(np.float32) - b.astype(np.float32)).max() <= (
+                1e-3 if precision == "float16" else 1
+            )
+            assert f"x {b.shape[1]} {b.dtype}" in done.stderr
 
 
 # -- the library's surface -----------------------------------------------------------------------
@@ -433,6 +622,38 @@ def _damage(bundle: Path, tmp: Path):
     (d / "inbedder.json").unlink()
     yield d
     yield tmp / "no-such-dir"
+    # Links: out of the bundle (even unlisted), a listed file as a link, the manifest as a link.
+    outside = tmp / "outside.txt"
+    outside.write_text("x")
+    d = copy("link-out")
+    (d / "stray").symlink_to(outside)
+    yield d
+    d = copy("link-listed")
+    tok = manifest.get("tokenizer_file", "tokenizer.json")
+    (d / tok).rename(d / "tok.real")
+    (d / tok).symlink_to("tok.real")
+    yield d
+    d = copy("link-manifest")
+    (d / "inbedder.json").rename(tmp / "manifest.real")
+    (d / "inbedder.json").symlink_to(tmp / "manifest.real")
+    yield d
+    d = copy("not-regular")
+    (d / tok).unlink()
+    (d / tok).mkdir()
+    yield d
+    # Versioned layout: a pointer naming a v-... directory (loads), a bad pointer, a missing one.
+    d = tmp / "versioned"
+    d.mkdir()
+    shutil.copytree(bundle, d / "v-20260101T000000-ab12")
+    (d / "inbedder.current").write_text("v-20260101T000000-ab12\n")
+    yield d
+    for n, ptr in enumerate(["../elsewhere\n", "v-gone\n", "v-ok"]):
+        e = tmp / f"pointer-{n}"
+        shutil.copytree(d, e)
+        (e / "inbedder.current").write_text(ptr)
+        if ptr == "v-ok":  # names a file, not a directory
+            (e / "v-ok").write_text("")
+        yield e
 
 
 def test_manifest_errors_match_python(bundles, build: Path, tmp_path: Path):

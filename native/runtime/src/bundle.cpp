@@ -3,8 +3,14 @@
 // its size and sha256, and every path a plain relative name that stays inside the bundle.
 #include "bundle.hpp"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cctype>
+#include <climits>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -233,13 +239,93 @@ std::string py_repr(const json& v) {
   return out + "}";
 }
 
-Manifest load_manifest(const std::string& bundle_dir, bool verify) {
-  const std::string root = pure_path(bundle_dir);
-  std::error_code ec;
-  if (!fs::is_directory(root, ec)) throw BundleError(root + ": no such bundle directory");
+namespace {
+
+constexpr const char* kPointerName = "inbedder.current";
+constexpr int kLoadAttempts = 50;
+constexpr std::size_t kMaxManifestBytes = std::size_t(1) << 24;
+
+// The version directory the pointer names, or "" (a plain bundle).
+std::string read_pointer(const std::string& top) {
+  const std::string ptr = top + "/" + kPointerName;
+  struct stat st;
+  if (::lstat(ptr.c_str(), &st) != 0) return "";
+  if (!S_ISREG(st.st_mode) || st.st_size > 256)
+    throw BundleError(ptr + ": the bundle pointer is not a small regular file");
+  std::ifstream in(ptr, std::ios::binary);
+  std::string name((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!name.empty() && name.back() == '\n') name.pop_back();
+  bool ok = name.size() >= 3 && name.size() <= 66 && name.compare(0, 2, "v-") == 0;
+  for (std::size_t k = 2; ok && k < name.size(); ++k) {
+    unsigned char c = static_cast<unsigned char>(name[k]);
+    ok = std::isalnum(c) || c == '_' || c == '-';
+  }
+  if (!ok) {
+    std::string shown;  // Python's decode("ascii", errors="replace")
+    for (unsigned char c : name) shown += c < 0x80 ? std::string(1, char(c)) : "\xef\xbf\xbd";
+    throw BundleError(ptr + ": bad bundle pointer " + py_str_repr(shown) +
+                      " (must name a v-... directory of the bundle)");
+  }
+  return name;
+}
+
+std::string version_dir(const std::string& top, const std::string& version) {
+  if (version.empty()) return top;
+  const std::string d = top + "/" + version;
+  struct stat st;
+  if (::lstat(d.c_str(), &st) != 0)
+    throw BundleError(top + "/" + kPointerName + ": the bundle pointer names " +
+                      py_str_repr(version) + ", which does not exist");
+  if (!S_ISDIR(st.st_mode))
+    throw BundleError(d + ": the bundle pointer must name a directory (not a link or file)");
+  return d;
+}
+
+// A shared flock on directory d for the object's life (no writer removes it meanwhile); fails if
+// d was removed or replaced before the lock was had.
+class SharedLock {
+ public:
+  explicit SharedLock(const std::string& d) : fd_(::open(d.c_str(), O_RDONLY | O_DIRECTORY)) {
+    if (fd_ < 0) throw BundleError(d + ": cannot open the bundle directory");
+    struct stat held, now;
+    if (::flock(fd_, LOCK_SH) != 0 || ::fstat(fd_, &held) != 0 || ::stat(d.c_str(), &now) != 0 ||
+        held.st_ino != now.st_ino || held.st_dev != now.st_dev) {
+      ::close(fd_);
+      throw BundleError(d + ": replaced while loading");
+    }
+  }
+  ~SharedLock() { ::close(fd_); }
+  SharedLock(const SharedLock&) = delete;
+  SharedLock& operator=(const SharedLock&) = delete;
+
+ private:
+  int fd_;
+};
+
+std::string real_path(const std::string& p) {
+  char* r = ::realpath(p.c_str(), nullptr);
+  if (!r) return p;
+  std::string out(r);
+  std::free(r);
+  return out;
+}
+
+bool inside(const std::string& real_root, const std::string& target) {
+  return target == real_root ||
+         (target.size() > real_root.size() && target.compare(0, real_root.size(), real_root) == 0 &&
+          (real_root == "/" || target[real_root.size()] == '/'));
+}
+
+Bundle read_checked(const std::string& root, bool verify) {
   const std::string mpath = pure_path(root + "/" + kManifestName);
-  if (!fs::is_regular_file(mpath, ec))
+  struct stat mst;
+  if (::lstat(mpath.c_str(), &mst) != 0)
     throw BundleError(mpath + ": missing manifest; " + root + " is not a complete bundle");
+  if (!S_ISREG(mst.st_mode))
+    throw BundleError(mpath + ": the manifest must be a regular file (not a link)");
+  if (std::size_t(mst.st_size) > kMaxManifestBytes)
+    throw BundleError(mpath + ": manifest of " + std::to_string(mst.st_size) +
+                      " bytes is too large");
   std::ifstream in(mpath, std::ios::binary);
   std::stringstream buf;
   buf << in.rdbuf();
@@ -281,15 +367,39 @@ Manifest load_manifest(const std::string& bundle_dir, bool verify) {
                         " is used but has no checksum entry");
   }
   for (const auto& [name, rec] : m.files) check_inside(root, name, mpath);
+  // No link may lead out of the bundle (a graph's external data is opened by onnxruntime by
+  // name); the files the manifest lists may not be links at all.
+  const std::string real = real_path(root);
+  for (const auto& entry : fs::directory_iterator(root)) {
+    if (!entry.is_symlink()) continue;
+    const std::string name = entry.path().filename().string();
+    bool listed = false;
+    for (const auto& [f, rec] : m.files) listed = listed || f == name;
+    const bool leaves = !inside(real, real_path(entry.path().string()));
+    if (listed || leaves)
+      throw BundleError(pure_path(root + "/" + name) + ": a symbolic link " +
+                        (leaves ? "leaving the bundle" : "(not allowed)") +
+                        "; bundle files must be regular files");
+  }
+  Bundle b;
   for (const auto& [name, rec] : m.files) {
     const std::string path = pure_path(root + "/" + name);
     struct stat st;
-    if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
-      throw BundleError(path + ": missing bundle file");
+    if (::lstat(path.c_str(), &st) != 0) throw BundleError(path + ": missing bundle file");
+    if (!S_ISREG(st.st_mode)) throw BundleError(path + ": not a regular file");
     if (!rec.bytes || *rec.bytes != uint64_t(st.st_size))
       throw BundleError(path + ": size " + std::to_string(st.st_size) +
                         " differs from the manifest's " + py_repr(rec.bytes_json) +
                         " (changed or truncated file)");
+    if (name == m.tokenizer_file) {  // read once: what is hashed is what gets parsed
+      std::ifstream tf(path, std::ios::binary);
+      b.tokenizer_json.assign(std::istreambuf_iterator<char>(tf), std::istreambuf_iterator<char>());
+      if (b.tokenizer_json.size() != *rec.bytes ||
+          (verify && (!rec.sha256 ||
+                      sha256_hex(b.tokenizer_json.data(), b.tokenizer_json.size()) != *rec.sha256)))
+        throw BundleError(path + ": sha256 differs from the manifest (changed or corrupted file)");
+      continue;
+    }
     if (verify) {
       std::string digest;
       try {
@@ -301,6 +411,38 @@ Manifest load_manifest(const std::string& bundle_dir, bool verify) {
         throw BundleError(path + ": sha256 differs from the manifest (changed or corrupted file)");
     }
   }
+  b.root = root;
+  b.manifest = std::move(m);
+  return b;
+}
+
+}  // namespace
+
+void load_bundle(const std::string& bundle_dir, bool verify,
+                 const std::function<void(const Bundle&)>& build) {
+  const std::string top = pure_path(bundle_dir);
+  std::error_code ec;
+  if (!fs::is_directory(top, ec)) throw BundleError(top + ": no such bundle directory");
+  for (int attempt = 0; attempt < kLoadAttempts; ++attempt) {
+    const std::string version = read_pointer(top);
+    try {
+      const std::string root = version_dir(top, version);
+      SharedLock lock(root);
+      Bundle b = read_checked(root, verify);
+      if (build) build(b);
+      return;
+    } catch (const BundleError&) {
+      if (read_pointer(top) == version) throw;
+      // replaced meanwhile: load the new version
+    }
+  }
+  throw BundleError(top + ": the bundle was replaced " + std::to_string(kLoadAttempts) +
+                    " times while loading");
+}
+
+Manifest load_manifest(const std::string& bundle_dir, bool verify) {
+  Manifest m;
+  load_bundle(bundle_dir, verify, [&](const Bundle& b) { m = b.manifest; });
   return m;
 }
 

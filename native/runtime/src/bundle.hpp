@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -91,7 +92,24 @@ std::string pure_path(const std::string& p);
 // Python's repr() of a JSON value, for messages (None, 'text', 2, [...]).
 std::string py_repr(const nlohmann::ordered_json& v);
 
-// Reads and checks <dir>/inbedder.json; throws BundleError (verify: also each file's sha256).
+// One complete, checked version of a bundle: the directory holding its files, its manifest, and
+// the tokenizer's text exactly as hashed (what the runtime parses: never re-read).
+struct Bundle {
+  std::string root;
+  Manifest manifest;
+  std::string tokenizer_json;
+};
+
+// As runtime/bundle.py's load_bundle: a plain bundle directory, or a versioned one (a pointer file
+// "inbedder.current" naming a "v-..." sub-directory). Checks one complete version (every listed
+// file a regular file inside it, no symbolic link leaving it or standing for a listed file,
+// sizes, and with `verify` each sha256) and runs build(bundle) while holding a shared flock on
+// that version's directory, so a replace cannot remove it meanwhile; when the pointer moved
+// while reading, starts again on the new version (50 attempts). Throws BundleError.
+void load_bundle(const std::string& bundle_dir, bool verify,
+                 const std::function<void(const Bundle&)>& build);
+
+// Reads and checks the bundle's manifest (load_bundle without a build step).
 Manifest load_manifest(const std::string& bundle_dir, bool verify = true);
 
 }  // namespace inbedder

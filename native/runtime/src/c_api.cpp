@@ -36,12 +36,16 @@ struct OptionInfo {
   Kind kind;
   bool is_string;
 };
-const OptionInfo kOptions[] = {
-    {"device", Kind::Open, true},           {"threads", Kind::Open, false},
-    {"verify", Kind::Open, false},          {"batch_size", Kind::Encode, false},
-    {"truncation", Kind::Encode, true},     {"normalize", Kind::Encode, false},
-    {"answers", Kind::Encode, false},       {"decode_steps", Kind::Encode, false},
-    {"max_new_tokens", Kind::Encode, false}};
+const OptionInfo kOptions[] = {{"device", Kind::Open, true},
+                               {"threads", Kind::Open, false},
+                               {"verify", Kind::Open, false},
+                               {"batch_size", Kind::Encode, false},
+                               {"truncation", Kind::Encode, true},
+                               {"normalize", Kind::Encode, false},
+                               {"answers", Kind::Encode, false},
+                               {"decode_steps", Kind::Encode, false},
+                               {"max_new_tokens", Kind::Encode, false},
+                               {"precision", Kind::Encode, true}};
 
 const OptionInfo* find_option(const char* name) {
   for (const auto& o : kOptions)
@@ -122,6 +126,7 @@ inbedder::EncodeParams params_of(const inbedder_options* o) {
   p.normalize = get_int(o, "normalize", 0) != 0;
   p.answers = get_int(o, "answers", 0) != 0;
   p.truncation = get_str(o, "truncation", "input");
+  p.precision = get_str(o, "precision", "float32");
   if (o) {
     for (const char* name : {"decode_steps", "max_new_tokens"}) {
       auto it = o->values.find(name);
@@ -301,8 +306,10 @@ inbedder_status inbedder_encode(inbedder_model* model, const char* const* texts,
     NEED(model);
     if (n_texts == 0) return fail(INBEDDER_ERR_INVALID_ARGUMENT, "no texts (n_texts == 0)");
     NEED(texts);
-    NEED(instructions);
-    if (n_instructions != 1 && n_instructions != n_texts)
+    if (n_instructions && !instructions)
+      return fail(INBEDDER_ERR_INVALID_ARGUMENT,
+                  "instructions is NULL but n_instructions is " + std::to_string(n_instructions));
+    if (n_instructions != 0 && n_instructions != 1 && n_instructions != n_texts)
       return fail(INBEDDER_ERR_INVALID_ARGUMENT,
                   "got " + std::to_string(n_instructions) + " instructions for " +
                       std::to_string(n_texts) + " texts; give one, or one per text");
@@ -356,6 +363,39 @@ inbedder_status inbedder_result_copy_embeddings(const inbedder_result* result, f
   });
 }
 
+inbedder_status inbedder_result_output_shape(const inbedder_result* result, const char** precision,
+                                             size_t* n, size_t* cols, size_t* element_bytes) {
+  return guard([&] {
+    NEED(result);
+    const inbedder::QuantizedOutput& q = result->r.output;
+    if (precision) *precision = q.precision.c_str();
+    if (n) *n = q.n;
+    if (cols) *cols = q.cols;
+    if (element_bytes) *element_bytes = q.element_bytes;
+    return INBEDDER_OK;
+  });
+}
+
+inbedder_status inbedder_result_copy_output(const inbedder_result* result, void* buffer,
+                                            size_t capacity, size_t* required) {
+  return guard([&] {
+    NEED(result);
+    const inbedder::QuantizedOutput& q = result->r.output;
+    const bool f32 = q.precision == "float32";
+    const size_t need = f32 ? result->r.vectors.size() * sizeof(float) : q.bytes.size();
+    if (required) *required = need;
+    if (capacity < need)
+      return fail(INBEDDER_ERR_BUFFER_TOO_SMALL, "buffer holds " + std::to_string(capacity) +
+                                                     " bytes; " + std::to_string(need) +
+                                                     " needed (" + q.precision + " output)");
+    NEED(buffer);
+    if (need)
+      std::memcpy(buffer, f32 ? static_cast<const void*>(result->r.vectors.data()) : q.bytes.data(),
+                  need);
+    return INBEDDER_OK;
+  });
+}
+
 inbedder_status inbedder_result_answer(const inbedder_result* result, size_t index,
                                        const char** answer, size_t* length) {
   return guard([&] {
@@ -380,7 +420,6 @@ inbedder_status inbedder_embed(inbedder_model* model, const char* const* texts, 
                                size_t capacity, size_t* required) {
   return guard([&] {
     NEED(model);
-    NEED(instruction);
     size_t need = n_texts * model->embedder->dim();
     if (required) *required = need;
     if (n_texts && capacity < need)
@@ -389,8 +428,8 @@ inbedder_status inbedder_embed(inbedder_model* model, const char* const* texts, 
                                                      " needed");
     if (n_texts) NEED(out);
     inbedder_result* r = nullptr;
-    inbedder_status s =
-        inbedder_encode(model, texts, nullptr, n_texts, &instruction, 1, options, &r);
+    inbedder_status s = inbedder_encode(model, texts, nullptr, n_texts, &instruction,
+                                        instruction ? 1 : 0, options, &r);
     if (s != INBEDDER_OK) return s;
     std::unique_ptr<inbedder_result, void (*)(inbedder_result*)> owned(r, &inbedder_result_free);
     std::copy(r->r.vectors.begin(), r->r.vectors.end(), out);

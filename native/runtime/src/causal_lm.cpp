@@ -17,9 +17,8 @@ namespace {
 
 class CausalAnswerPipeline : public Pipeline {
  public:
-  CausalAnswerPipeline(const std::string& root, const Manifest& m, const std::string& device,
-                       int threads)
-      : Pipeline(root, m, device, threads) {
+  CausalAnswerPipeline(const Bundle& bundle, const std::string& device, int threads)
+      : Pipeline(bundle, device, threads) {
     const auto& cache = manifest_.options.at("cache");
     layers_ = cache.at("layers").get<int64_t>();
     kv_heads_ = cache.at("kv_heads").get<int64_t>();
@@ -191,9 +190,9 @@ class CausalAnswerPipeline : public Pipeline {
 
 }  // namespace
 
-std::unique_ptr<Pipeline> make_causal_lm(const std::string& root, const Manifest& m,
-                                         const std::string& device, int threads) {
-  return std::make_unique<CausalAnswerPipeline>(root, m, device, threads);
+std::unique_ptr<Pipeline> make_causal_lm(const Bundle& bundle, const std::string& device,
+                                         int threads) {
+  return std::make_unique<CausalAnswerPipeline>(bundle, device, threads);
 }
 
 }  // namespace inbedder

@@ -3,9 +3,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <iterator>
 #include <numeric>
 #include <set>
 
+#include "hub.hpp"
+#include "pipeline.hpp"
 #include "session.hpp"
 
 namespace inbedder {
@@ -36,11 +40,83 @@ void postprocess(std::vector<float>& emb, std::size_t dim, const std::vector<std
   }
 }
 
+QuantizedOutput quantize_output(const std::vector<float>& emb, std::size_t dim,
+                                const std::string& precision) {
+  QuantizedOutput q;
+  q.precision = precision;
+  q.n = dim ? emb.size() / dim : 0;
+  const std::size_t n = q.n;
+  if (precision == "float32") {
+    q.cols = dim;
+    q.element_bytes = 4;
+    q.bytes.resize(emb.size() * 4);
+    if (!emb.empty()) std::memcpy(q.bytes.data(), emb.data(), q.bytes.size());
+  } else if (precision == "float16") {
+    q.cols = dim;
+    q.element_bytes = 2;
+    q.bytes.resize(emb.size() * 2);
+    for (std::size_t i = 0; i < emb.size(); ++i) {
+      uint16_t h = Ort::Float16_t(emb[i]).val;  // round to nearest even, as numpy's astype
+      std::memcpy(q.bytes.data() + 2 * i, &h, 2);
+    }
+  } else if (precision == "int8" || precision == "uint8") {
+    if (n == 1)
+      throw ValueError("precision='" + precision +
+                       "' takes its ranges from the texts of the call: give more than one");
+    q.cols = dim;
+    q.element_bytes = 1;
+    q.bytes.resize(emb.size());
+    // Per dimension over this call's vectors: lo, hi and (hi - lo) / 255 steps (1 where the
+    // range is 0), all in float32 as numpy computes them; then floor((x - lo) / step) in 0..255.
+    std::vector<float> lo(dim), step(dim);
+    for (std::size_t k = 0; k < dim && n; ++k) {
+      float a = emb[k], b = emb[k];
+      for (std::size_t i = 1; i < n; ++i) {
+        a = std::min(a, emb[i * dim + k]);
+        b = std::max(b, emb[i * dim + k]);
+      }
+      float st = (b - a) / 255.0f;
+      lo[k] = a;
+      step[k] = st == 0.0f ? 1.0f : st;
+    }
+    const bool signed8 = precision == "int8";
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t k = 0; k < dim; ++k) {
+        float v = std::floor((emb[i * dim + k] - lo[k]) / step[k]);
+        v = std::min(std::max(v, 0.0f), 255.0f);
+        int u = int(v);
+        q.bytes[i * dim + k] = signed8 ? uint8_t(int8_t(u - 128)) : uint8_t(u);
+      }
+  } else if (precision == "binary" || precision == "ubinary") {
+    q.cols = (dim + 7) / 8;
+    q.element_bytes = 1;
+    q.bytes.assign(n * q.cols, 0);
+    for (std::size_t i = 0; i < n; ++i) {
+      for (std::size_t k = 0; k < dim; ++k)
+        if (emb[i * dim + k] > 0.0f) q.bytes[i * q.cols + k / 8] |= uint8_t(0x80u >> (k % 8));
+      if (precision == "binary")  // int8: the packed byte offset by -128
+        for (std::size_t c = 0; c < q.cols; ++c)
+          q.bytes[i * q.cols + c] = uint8_t(int8_t(int(q.bytes[i * q.cols + c]) - 128));
+    }
+  } else {
+    std::string names;
+    for (const char* p : kOutputPrecisions)
+      names += (names.empty() ? "'" : ", '") + std::string(p) + "'";
+    throw ValueError("precision must be one of (" + names + "), got '" + precision + "'");
+  }
+  return q;
+}
+
 Embedder::Embedder(const std::string& bundle_dir, const std::string& device, int threads,
                    bool verify)
-    : manifest_(load_manifest(bundle_dir, verify)), device_(resolve_device(device)) {
+    : device_(resolve_device(device)) {
   if (threads < 0) throw ValueError("threads must be a positive int or 0 (the default)");
-  pipeline_ = make_pipeline(pure_path(bundle_dir), manifest_, device_, threads);
+  // Built while this version of the bundle is locked: every file comes from it.
+  // A directory, or a hub name looked up in the local bundle cache (no network).
+  load_bundle(resolve_bundle(bundle_dir), verify, [&](const Bundle& bundle) {
+    manifest_ = bundle.manifest;
+    pipeline_ = make_pipeline(bundle, device_, threads);
+  });
 }
 
 EncodeResult Embedder::encode(const std::vector<std::string>& texts,
@@ -53,7 +129,13 @@ EncodeResult Embedder::encode(const std::vector<std::string>& texts,
       throw ValueError("texts[" + std::to_string(i) + "] is not valid UTF-8 (byte " +
                        std::to_string(bad) + ")");
   }
-  if (instructions_in.size() != 1 && instructions_in.size() != n)
+  if (instructions_in.empty() && pipeline_->needs_instruction())
+    // runtime/embedder.py's rule: a family that embeds under an instruction needs one given;
+    // "" is one (the empty instruction), none at all is a mistake worth naming.
+    throw ValueError("this bundle (" + manifest_.recipe +
+                     ") embeds a text under an instruction: pass one (or \"\" to embed under an "
+                     "empty one)");
+  if (!instructions_in.empty() && instructions_in.size() != 1 && instructions_in.size() != n)
     throw ValueError("got " + std::to_string(instructions_in.size()) + " instructions for " +
                      std::to_string(n) + " texts; give one, or one per text");
   for (std::size_t i = 0; i < instructions_in.size(); ++i) {
@@ -66,6 +148,10 @@ EncodeResult Embedder::encode(const std::vector<std::string>& texts,
       instructions_in.size() == n
           ? instructions_in
           : std::vector<std::string>(n, instructions_in.empty() ? "" : instructions_in[0]);
+  if (std::find_if(std::begin(kOutputPrecisions), std::end(kOutputPrecisions), [&](const char* p) {
+        return params.precision == p;
+      }) == std::end(kOutputPrecisions))
+    quantize_output({}, 0, params.precision);  // throws: names the precisions
   if (params.batch_size < 1)
     throw ValueError("batch_size must be a positive int, got " + std::to_string(params.batch_size));
   if (params.truncation != "input" && params.truncation != "reference")
@@ -107,6 +193,10 @@ EncodeResult Embedder::encode(const std::vector<std::string>& texts,
   }
   postprocess(r.vectors, r.dim, manifest_.postprocess);
   if (params.normalize) postprocess(r.vectors, r.dim, {"l2"});
+  if (params.precision == "float32")  // served from r.vectors: no second copy
+    r.output = QuantizedOutput{"float32", n, r.dim, 4, {}};
+  else
+    r.output = quantize_output(r.vectors, r.dim, params.precision);
   return r;
 }
 

@@ -8,9 +8,9 @@
 
 namespace inbedder {
 
-std::unique_ptr<Pipeline> make_instructor(const std::string& root, const Manifest& m,
-                                          const std::string& device, int threads) {
-  return std::make_unique<EmbeddingGraphPipeline>(root, m, device, threads);
+std::unique_ptr<Pipeline> make_instructor(const Bundle& bundle, const std::string& device,
+                                          int threads) {
+  return std::make_unique<EmbeddingGraphPipeline>(bundle, device, threads);
 }
 
 }  // namespace inbedder

@@ -91,9 +91,9 @@ class MaskedAnswerPipeline : public Pipeline {
 
 }  // namespace
 
-std::unique_ptr<Pipeline> make_masked_lm(const std::string& root, const Manifest& m,
-                                         const std::string& device, int threads) {
-  return std::make_unique<MaskedAnswerPipeline>(root, m, device, threads);
+std::unique_ptr<Pipeline> make_masked_lm(const Bundle& bundle, const std::string& device,
+                                         int threads) {
+  return std::make_unique<MaskedAnswerPipeline>(bundle, device, threads);
 }
 
 }  // namespace inbedder

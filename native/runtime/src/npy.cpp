@@ -10,8 +10,14 @@
 namespace inbedder {
 
 void write_npy_f32(const std::string& path, const float* data, std::size_t rows, std::size_t cols) {
-  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" +
-                       std::to_string(rows) + ", " + std::to_string(cols) + "), }";
+  write_npy(path, "<f4", data, rows, cols, sizeof(float));
+}
+
+void write_npy(const std::string& path, const char* descr, const void* data, std::size_t rows,
+               std::size_t cols, std::size_t element_bytes) {
+  std::string header = "{'descr': '" + std::string(descr) +
+                       "', 'fortran_order': False, 'shape': (" + std::to_string(rows) + ", " +
+                       std::to_string(cols) + "), }";
   std::size_t total = 10 + header.size() + 1;
   header.append((64 - total % 64) % 64, ' ');
   header.push_back('\n');
@@ -25,8 +31,8 @@ void write_npy_f32(const std::string& path, const float* data, std::size_t rows,
   bool ok = std::fwrite(pre.data(), 1, pre.size(), f.get()) == pre.size() &&
             std::fwrite(header.data(), 1, header.size(), f.get()) == header.size();
   std::size_t n = rows * cols;
-  // float32 little-endian on every platform this builds for (x86-64, aarch64).
-  if (ok && n) ok = std::fwrite(data, sizeof(float), n, f.get()) == n;
+  // Little-endian on every platform this builds for (x86-64, aarch64).
+  if (ok && n) ok = std::fwrite(data, element_bytes, n, f.get()) == n;
   if (!ok || std::fflush(f.get()) != 0) throw std::runtime_error(path + ": write error");
 }
 

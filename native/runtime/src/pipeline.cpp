@@ -22,6 +22,21 @@ const Family kFamilies[] = {{"causal-lm", make_causal_lm},
                             {"masked-lm", make_masked_lm},
                             {"sentence-encoder", make_sentence_encoder}};
 
+// The tokenizer from the bytes load_bundle hashed (never re-read: a file swapped meanwhile cannot
+// slip in), with runtime/pipeline.py's error when they are not a tokenizer.
+tok::Tokenizer tokenizer_of(const Bundle& bundle) {
+  try {
+    return tok::Tokenizer::from_json(bundle.tokenizer_json);
+  } catch (const std::bad_alloc&) {
+    throw;
+  } catch (const std::exception& e) {  // the tokenizer's errors, and its JSON parser's
+    std::string first = e.what();
+    first = first.substr(0, first.find('\n'));
+    throw BundleError(pure_path(bundle.root + "/" + bundle.manifest.tokenizer_file) +
+                      ": not a tokenizer `tokenizers` can read (" + first + ")");
+  }
+}
+
 }  // namespace
 
 Ort::Value I64Tensor::value() {
@@ -75,15 +90,42 @@ std::vector<int64_t> to_int64(const Ort::Value& v) {
   return out;
 }
 
-Pipeline::Pipeline(const std::string& root, const Manifest& manifest, const std::string& device,
-                   int threads)
-    : root_(root),
-      manifest_(manifest),
+Pipeline::Pipeline(const Bundle& bundle, const std::string& device, int threads)
+    : root_(bundle.root),
+      manifest_(bundle.manifest),
       device_(device),
-      tokenizer_(tok::Tokenizer::from_file(pure_path(root + "/" + manifest.tokenizer_file))) {
+      tokenizer_(tokenizer_of(bundle)) {
+  const std::string& root = root_;
   prompts_ = std::make_unique<PromptTokenizer>(tokenizer_, manifest_.prompt, manifest_.truncation);
-  for (const auto& [role, g] : manifest_.graphs)
-    sessions_[role] = make_session(pure_path(root + "/" + g.file), g, device, threads);
+  for (const auto& [role, g] : manifest_.graphs) {
+    const std::string path = pure_path(root + "/" + g.file);
+    auto session = make_session(path, g, device, threads);
+    // The graph's own inputs and outputs against the manifest's (runtime/pipeline.py's words).
+    Ort::AllocatorWithDefaultOptions alloc;
+    nlohmann::ordered_json declared = nlohmann::ordered_json::array();
+    std::vector<std::string> have_out;
+    for (std::size_t k = 0; k < session->GetInputCount(); ++k)
+      declared.push_back(std::string(session->GetInputNameAllocated(k, alloc).get()));
+    for (std::size_t k = 0; k < session->GetOutputCount(); ++k)
+      have_out.push_back(session->GetOutputNameAllocated(k, alloc).get());
+    std::vector<std::string> a = declared.get<std::vector<std::string>>(), b = g.inputs;
+    std::sort(a.begin(), a.end());
+    std::sort(b.begin(), b.end());
+    if (a != b)
+      throw BundleError(path + ": the graph's inputs " + py_repr(declared) +
+                        " differ from the manifest's graphs." + role + ".inputs " +
+                        py_repr(nlohmann::ordered_json(g.inputs)));
+    std::vector<std::string> missing;
+    for (const auto& o : g.outputs)
+      if (std::find(have_out.begin(), have_out.end(), o) == have_out.end()) missing.push_back(o);
+    std::sort(missing.begin(), missing.end());
+    missing.erase(std::unique(missing.begin(), missing.end()), missing.end());
+    if (!missing.empty())
+      throw BundleError(path + ": the graph has no outputs " +
+                        py_repr(nlohmann::ordered_json(missing)) + " (graphs." + role +
+                        ".outputs)");
+    sessions_[role] = std::move(session);
+  }
   auto it = manifest_.special_tokens.find("pad");
   pad_id_ = it == manifest_.special_tokens.end() ? 0 : it->second;
 }
@@ -128,7 +170,10 @@ long long Pipeline::pool_start(const std::string& instruction,
                          : 0;
   std::string text = strip ? py_strip(instruction) : instruction;
   if (text.empty()) return 0;  // nothing to leave out
-  std::size_t n = prompts_->token_count(text);
+  // A stand-in of a very long instruction counts differently, but past every position of the
+  // (truncated) prompt either way: nothing of it is pooled, as with the full count.
+  std::string storage;
+  std::size_t n = prompts_->token_count(prompts_->stand_in(text, storage));
   return std::max<long long>((long long)n + offset, 0);
 }
 
@@ -256,11 +301,11 @@ std::string Pipeline::decode_answer(const std::vector<int64_t>& ids) const {
   return clean ? tok::clean_up_tokenization(std::move(text)) : text;
 }
 
-std::unique_ptr<Pipeline> make_pipeline(const std::string& root, const Manifest& manifest,
-                                        const std::string& device, int threads) {
+std::unique_ptr<Pipeline> make_pipeline(const Bundle& bundle, const std::string& device,
+                                        int threads) {
   for (const auto& f : kFamilies)
-    if (manifest.family == f.name) return f.make(root, manifest, device, threads);
-  throw BundleError("bundle family " + py_repr(manifest.family) +
+    if (bundle.manifest.family == f.name) return f.make(bundle, device, threads);
+  throw BundleError("bundle family " + py_repr(bundle.manifest.family) +
                     " is not supported by this runtime (upgrade inbedder?)");
 }
 

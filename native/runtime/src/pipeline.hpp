@@ -41,8 +41,8 @@ std::vector<int64_t> shape_of(const Ort::Value& v);
 
 class Pipeline {
  public:
-  Pipeline(const std::string& root, const Manifest& manifest, const std::string& device,
-           int threads);
+  // The bundle as load_bundle checked it (its tokenizer parsed from the bytes that were hashed).
+  Pipeline(const Bundle& bundle, const std::string& device, int threads);
   virtual ~Pipeline() = default;
 
   virtual bool answers() const { return true; }
@@ -104,20 +104,15 @@ long long positive_int(const std::string& name, const nlohmann::ordered_json& va
                        std::optional<long long> hi);
 
 // The registry: manifest family -> pipeline (BundleError for an unknown family).
-std::unique_ptr<Pipeline> make_pipeline(const std::string& root, const Manifest& manifest,
-                                        const std::string& device, int threads);
+std::unique_ptr<Pipeline> make_pipeline(const Bundle& bundle, const std::string& device,
+                                        int threads);
 
 // Family factories, one per file named as the Python module (masked_lm.cpp, causal_lm.cpp,
 // instructor.cpp, sentence_encoder.cpp).
-using Factory = std::unique_ptr<Pipeline> (*)(const std::string&, const Manifest&,
-                                              const std::string&, int);
-std::unique_ptr<Pipeline> make_masked_lm(const std::string&, const Manifest&, const std::string&,
-                                         int);
-std::unique_ptr<Pipeline> make_causal_lm(const std::string&, const Manifest&, const std::string&,
-                                         int);
-std::unique_ptr<Pipeline> make_instructor(const std::string&, const Manifest&, const std::string&,
-                                          int);
-std::unique_ptr<Pipeline> make_sentence_encoder(const std::string&, const Manifest&,
-                                                const std::string&, int);
+using Factory = std::unique_ptr<Pipeline> (*)(const Bundle&, const std::string&, int);
+std::unique_ptr<Pipeline> make_masked_lm(const Bundle&, const std::string&, int);
+std::unique_ptr<Pipeline> make_causal_lm(const Bundle&, const std::string&, int);
+std::unique_ptr<Pipeline> make_instructor(const Bundle&, const std::string&, int);
+std::unique_ptr<Pipeline> make_sentence_encoder(const Bundle&, const std::string&, int);
 
 }  // namespace inbedder

@@ -137,6 +137,84 @@ std::size_t PromptTokenizer::token_count(std::string_view text) const {
   return tok_.encode(text, &plain_).ids.size();
 }
 
+namespace {
+
+// Python's string positions are code points; these walk UTF-8 (valid: encode checked it) by code
+// point, keeping both the code-point index and the byte offset.
+constexpr std::size_t kCharsPerToken = 8;  // first guess of a head's length, doubled as needed
+constexpr std::size_t kMarginTokens = 32;  // tokens past the limit at each end of a stand-in
+
+bool is_cont(unsigned char c) { return (c & 0xC0) == 0x80; }
+
+std::size_t code_points(std::string_view s) {
+  std::size_t n = 0;
+  for (unsigned char c : s) n += !is_cont(c);
+  return n;
+}
+
+// Byte offset of code point `k` (k <= code_points(s)).
+std::size_t byte_at(std::string_view s, std::size_t k) {
+  std::size_t b = 0;
+  for (; k > 0 && b < s.size(); --k) {
+    ++b;
+    while (b < s.size() && is_cont(static_cast<unsigned char>(s[b]))) ++b;
+  }
+  return b;
+}
+
+// Byte offset of code point `total - k_from_end`.
+std::size_t byte_from_end(std::string_view s, std::size_t k_from_end) {
+  std::size_t b = s.size();
+  for (; k_from_end > 0 && b > 0; --k_from_end) {
+    --b;
+    while (b > 0 && is_cont(static_cast<unsigned char>(s[b]))) --b;
+  }
+  return b;
+}
+
+bool cut_space(char c) { return c == ' ' || c == '\t' || c == '\n'; }
+
+// runtime/prompt.py's _run_start: the start of the run of whitespace nearest before code point
+// `at` (within `window` code points), so that a cut there falls on a pre-token boundary; `at`
+// itself when there is none. at_byte is at's byte offset; returns a byte offset.
+std::size_t run_start(std::string_view s, std::size_t at, std::size_t at_byte, std::size_t window) {
+  const std::size_t lo = std::max<std::size_t>(at >= window ? at - window : 0, 1);
+  std::size_t i = at, b = at_byte;
+  auto back = [&] {  // one code point back
+    --i;
+    --b;
+    while (b > 0 && is_cont(static_cast<unsigned char>(s[b]))) --b;
+  };
+  while (i >= lo && !cut_space(s[b])) {
+    if (i == lo) return at_byte;  // i would drop below lo
+    back();
+  }
+  if (i < lo) return at_byte;
+  while (i > lo && cut_space(s[b - 1])) back();  // ASCII: the previous byte is the previous char
+  return b;
+}
+
+}  // namespace
+
+std::string_view PromptTokenizer::stand_in(std::string_view text, std::string& storage) const {
+  const std::size_t need = max_length_ + kMarginTokens;
+  std::size_t n = kCharsPerToken * need;
+  if (2 * n >= text.size()) return text;  // fewer bytes than 2n: fewer code points too
+  const std::size_t len = code_points(text);
+  while (2 * n < len) {
+    std::string_view head = text.substr(0, run_start(text, n, byte_at(text, n), n / 2));
+    std::size_t tail_at = byte_from_end(text, n);  // code point len - n
+    std::string_view tail = text.substr(run_start(text, len - n, tail_at, n / 2));
+    if (token_count(head) > need && token_count(tail) > need) {
+      storage.assign(head);
+      storage.append(tail);
+      return storage;
+    }
+    n *= 2;
+  }
+  return text;
+}
+
 PromptTokenizer::Filled PromptTokenizer::segments(std::string_view text,
                                                   std::string_view instruction) const {
   Filled f;
@@ -167,6 +245,11 @@ Encoded PromptTokenizer::encode(std::string_view text, std::string_view instruct
                                 const std::string& mode) const {
   if (mode != "input" && mode != "reference")
     throw ValueError("truncation must be one of ('input', 'reference'), got '" + mode + "'");
+  // A long instruction is never cut in mode "input" but is truncated by the reference rule: its
+  // stand-in gives the same prompt, as the text's does.
+  std::string text_storage, instruction_storage;
+  text = stand_in(text, text_storage);
+  instruction = stand_in(instruction, instruction_storage);
   Filled f = segments(text, instruction);
   if (mode == "reference") {
     tok::Encoding enc = run(f, &ref_);

@@ -39,6 +39,11 @@ class PromptTokenizer {
                   const TruncationSpec& truncation);
   // Tokens of text alone, special tokens included, never truncated.
   std::size_t token_count(std::string_view text) const;
+  // runtime/prompt.py's stand_in: for a text past 2 * 8 * (max_length + 32) characters, its head
+  // and tail (each cut at the start of a run of ASCII whitespace, each more than max_length + 32
+  // tokens), joined, which every truncation mode treats exactly as the text, at a cost bounded by
+  // max_length rather than the text's length. Returns `text` itself, or a view of `storage`.
+  std::string_view stand_in(std::string_view text, std::string& storage) const;
   // mode: "input" | "reference".
   Encoded encode(std::string_view text, std::string_view instruction,
                  const std::string& mode) const;

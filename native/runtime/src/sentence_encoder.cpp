@@ -15,9 +15,9 @@ class SentenceEncoderPipeline : public EmbeddingGraphPipeline {
 
 }  // namespace
 
-std::unique_ptr<Pipeline> make_sentence_encoder(const std::string& root, const Manifest& m,
-                                                const std::string& device, int threads) {
-  return std::make_unique<SentenceEncoderPipeline>(root, m, device, threads);
+std::unique_ptr<Pipeline> make_sentence_encoder(const Bundle& bundle, const std::string& device,
+                                                int threads) {
+  return std::make_unique<SentenceEncoderPipeline>(bundle, device, threads);
 }
 
 }  // namespace inbedder

@@ -1,10 +1,12 @@
 // The C API under bad input (NULL pointers, missing or damaged bundles, wrong sizes, invalid
 // UTF-8, unknown options, zero texts) and its thread-safety contract (8 threads on one handle
 // give the vectors of sequential calls). Bundle paths come from INBEDDER_TEST_BUNDLE (a masked-lm
-// bundle) and INBEDDER_TEST_CAUSAL_BUNDLE; tests needing one skip without it.
+// bundle), INBEDDER_TEST_CAUSAL_BUNDLE and INBEDDER_TEST_SENTENCE_BUNDLE (a sentence encoder);
+// tests needing one skip without it.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -245,6 +247,116 @@ TEST(CApi, BadEncodeArguments) {
   ASSERT_EQ(inbedder_embed(m, kTexts, 5, kInstr, nullptr, mine.data(), mine.size(), &need),
             INBEDDER_OK);
   EXPECT_EQ(mine, full);
+}
+
+// runtime/embedder.py's rule: a family that embeds under an instruction refuses none at all
+// (NULL / n_instructions 0); "" is an instruction. A sentence encoder takes none as "".
+TEST(CApi, MissingInstruction) {
+  NEED_BUNDLE(path, "INBEDDER_TEST_BUNDLE");
+  Model mm(path);
+  const char* needs = nullptr;
+  ASSERT_EQ(inbedder_model_info(mm.m, "needs_instruction", &needs), INBEDDER_OK);
+  EXPECT_STREQ(needs, "yes");
+  inbedder_result* r = nullptr;
+  EXPECT_EQ(inbedder_encode(mm.m, kTexts, nullptr, 2, nullptr, 0, nullptr, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(r, nullptr);
+  EXPECT_NE(last().find("embeds a text under an instruction"), std::string::npos) << last();
+  EXPECT_EQ(inbedder_encode(mm.m, kTexts, nullptr, 2, &kInstr, 0, nullptr, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);  // n_instructions 0: none, whatever the pointer
+  EXPECT_EQ(inbedder_encode(mm.m, kTexts, nullptr, 2, nullptr, 1, nullptr, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(last().find("instructions is NULL but n_instructions is 1"), std::string::npos)
+      << last();
+  size_t dim = 0, need = 0;
+  ASSERT_EQ(inbedder_model_dim(mm.m, &dim), INBEDDER_OK);
+  std::vector<float> out(2 * dim);
+  EXPECT_EQ(inbedder_embed(mm.m, kTexts, 2, nullptr, nullptr, out.data(), out.size(), &need),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(last().find("embeds a text under an instruction"), std::string::npos) << last();
+  const char* empty = "";
+  EXPECT_EQ(inbedder_embed(mm.m, kTexts, 2, empty, nullptr, out.data(), out.size(), &need),
+            INBEDDER_OK)
+      << last();
+
+  NEED_BUNDLE(st, "INBEDDER_TEST_SENTENCE_BUNDLE");
+  Model sm(st);
+  ASSERT_EQ(inbedder_model_info(sm.m, "needs_instruction", &needs), INBEDDER_OK);
+  EXPECT_STREQ(needs, "no");
+  ASSERT_EQ(inbedder_model_dim(sm.m, &dim), INBEDDER_OK);
+  std::vector<float> none(2 * dim), blank(2 * dim);
+  ASSERT_EQ(inbedder_embed(sm.m, kTexts, 2, nullptr, nullptr, none.data(), none.size(), &need),
+            INBEDDER_OK)
+      << last();
+  ASSERT_EQ(inbedder_embed(sm.m, kTexts, 2, empty, nullptr, blank.data(), blank.size(), &need),
+            INBEDDER_OK)
+      << last();
+  EXPECT_EQ(none, blank);
+  ASSERT_EQ(inbedder_encode(sm.m, kTexts, nullptr, 2, nullptr, 0, nullptr, &r), INBEDDER_OK)
+      << last();
+  inbedder_result_free(r);
+}
+
+// Output precisions into caller-owned buffers with explicit sizes.
+TEST(CApi, OutputPrecision) {
+  NEED_BUNDLE(path, "INBEDDER_TEST_BUNDLE");
+  Model mm(path);
+  size_t dim = 0;
+  ASSERT_EQ(inbedder_model_dim(mm.m, &dim), INBEDDER_OK);
+  inbedder_options* o = nullptr;
+  ASSERT_EQ(inbedder_options_create(&o), INBEDDER_OK);
+  inbedder_result* r = nullptr;
+  struct Case {
+    const char* name;
+    size_t cols, element_bytes;
+  } cases[] = {{"float32", dim, 4}, {"float16", dim, 2},          {"int8", dim, 1},
+               {"uint8", dim, 1},   {"binary", (dim + 7) / 8, 1}, {"ubinary", (dim + 7) / 8, 1}};
+  std::vector<float> f32;
+  for (const Case& c : cases) {
+    ASSERT_EQ(inbedder_options_set_string(o, "precision", c.name), INBEDDER_OK);
+    ASSERT_EQ(inbedder_encode(mm.m, kTexts, nullptr, 5, &kInstr, 1, o, &r), INBEDDER_OK) << last();
+    const char* name = nullptr;
+    size_t n = 0, cols = 0, eb = 0, need = 0;
+    ASSERT_EQ(inbedder_result_output_shape(r, &name, &n, &cols, &eb), INBEDDER_OK);
+    EXPECT_STREQ(name, c.name);
+    EXPECT_EQ(n, 5u);
+    EXPECT_EQ(cols, c.cols) << c.name;
+    EXPECT_EQ(eb, c.element_bytes) << c.name;
+    std::vector<unsigned char> buf(n * cols * eb);
+    EXPECT_EQ(inbedder_result_copy_output(r, buf.data(), buf.size() - 1, &need),
+              INBEDDER_ERR_BUFFER_TOO_SMALL);
+    EXPECT_EQ(need, buf.size());
+    EXPECT_NE(last().find("bytes"), std::string::npos) << last();
+    EXPECT_EQ(inbedder_result_copy_output(r, nullptr, buf.size(), &need),
+              INBEDDER_ERR_INVALID_ARGUMENT);
+    ASSERT_EQ(inbedder_result_copy_output(r, buf.data(), buf.size(), &need), INBEDDER_OK);
+    // The float32 vectors stay available whatever the precision, and equal float32's output.
+    const float* v = nullptr;
+    ASSERT_EQ(inbedder_result_embeddings(r, &v, &n, &cols), INBEDDER_OK);
+    if (f32.empty()) {
+      f32.assign(v, v + n * dim);
+      EXPECT_EQ(0, std::memcmp(buf.data(), f32.data(), buf.size()));
+    } else {
+      EXPECT_EQ(std::vector<float>(v, v + n * dim), f32) << c.name;
+    }
+    if (std::string(c.name) == "ubinary") {  // bit 7 - k of byte 0 is dimension k's sign
+      for (size_t k = 0; k < 8 && k < dim; ++k) {
+        EXPECT_EQ((buf[0] >> (7 - k)) & 1, f32[k] > 0 ? 1 : 0) << k;
+      }
+    }
+    inbedder_result_free(r);
+  }
+  // int8 needs more than one text (its ranges are the call's); an unknown precision is named.
+  ASSERT_EQ(inbedder_options_set_string(o, "precision", "int8"), INBEDDER_OK);
+  EXPECT_EQ(inbedder_encode(mm.m, kTexts, nullptr, 1, &kInstr, 1, o, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(last().find("give more than one"), std::string::npos) << last();
+  ASSERT_EQ(inbedder_options_set_string(o, "precision", "int4"), INBEDDER_OK);
+  EXPECT_EQ(inbedder_encode(mm.m, kTexts, nullptr, 2, &kInstr, 1, o, &r),
+            INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(last().find("got 'int4'"), std::string::npos) << last();
+  EXPECT_EQ(r, nullptr);
+  inbedder_options_destroy(o);
 }
 
 TEST(CApi, DeviceErrors) {

@@ -1,7 +1,8 @@
 // inbedder-embed: the native twin of `inbedder embed` (inbedder/cli.py), on the C API only.
 // Same flags, same input formats (one text per line, or JSONL with "text" and an optional
-// "instruction"), same outputs (float32 .npy; answers as {"text", "answer"} JSONL), same
-// messages; exit 1 for bad input files (Python's SystemExit), 2 for errors of the runtime.
+// "instruction"), same outputs (.npy, float32 unless --precision; answers as {"text", "answer"}
+// JSONL), same messages; exit 1 for bad input files (Python's SystemExit), 2 for errors of the
+// runtime.
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
@@ -25,10 +26,12 @@ const char* kUsage =
     "usage: inbedder-embed -m MODEL -o OUTPUT [-i INSTRUCTION] [--answers JSONL]\n"
     "                      [--format {auto,lines,jsonl}] [--batch-size N] [--normalize]\n"
     "                      [--truncation {input,reference}] [--device {cpu,cuda,auto}]\n"
+    "                      [--precision {float32,float16,int8,uint8,binary,ubinary}]\n"
     "                      [--threads N] [--decode-steps K] [--max-new-tokens N] [-q] [input]\n";
 
 struct Args {
-  std::string model, output, input = "-", format = "auto", truncation = "input", device = "cpu";
+  std::string model, output, input = "-", format = "auto", truncation = "input", device = "cpu",
+                             precision = "float32";
   std::optional<std::string> instruction, answers;
   long long batch_size = 32;
   std::optional<long long> threads, decode_steps, max_new_tokens;
@@ -98,6 +101,8 @@ Args parse(int argc, char** argv) {
       a.normalize = true;
     } else if (arg == "--truncation") {
       a.truncation = choice({"input", "reference"});
+    } else if (arg == "--precision") {
+      a.precision = choice({"float32", "float16", "int8", "uint8", "binary", "ubinary"});
     } else if (arg == "--device") {
       a.device = choice({"cpu", "cuda", "auto"});
     } else if (arg == "--threads") {
@@ -354,12 +359,21 @@ int main(int argc, char** argv) {
   check(inbedder_options_set_int(enc, "normalize", static_cast<long>(a.normalize)));
   check(inbedder_options_set_int(enc, "answers", static_cast<long>(a.answers.has_value())));
   check(inbedder_options_set_string(enc, "truncation", a.truncation.c_str()));
+  check(inbedder_options_set_string(enc, "precision", a.precision.c_str()));
   if (a.decode_steps)
     check(inbedder_options_set_int(enc, "decode_steps", static_cast<long>(*a.decode_steps)));
   if (a.max_new_tokens)
     check(inbedder_options_set_int(enc, "max_new_tokens", static_cast<long>(*a.max_new_tokens)));
 
-  std::vector<float> vecs;
+  // The output in --precision: n rows of cols elements (numpy dtype descr) as bytes.
+  const bool packed = a.precision == "binary" || a.precision == "ubinary";
+  std::size_t cols = packed ? (dim + 7) / 8 : dim;
+  std::size_t element_bytes = a.precision == "float32" ? 4 : a.precision == "float16" ? 2 : 1;
+  const char* descr = a.precision == "float32"                             ? "<f4"
+                      : a.precision == "float16"                           ? "<f2"
+                      : (a.precision == "int8" || a.precision == "binary") ? "|i1"
+                                                                           : "|u1";
+  std::vector<unsigned char> vecs;
   std::vector<std::string> answers;
   const std::size_t n = in.texts.size();
   if (n) {
@@ -374,8 +388,9 @@ int main(int argc, char** argv) {
       ins.push_back(one.c_str());
     inbedder_result* r = nullptr;
     check(inbedder_encode(model, t.data(), lens.data(), n, ins.data(), ins.size(), enc, &r));
-    vecs.resize(n * dim);
-    check(inbedder_result_copy_embeddings(r, vecs.data(), vecs.size(), nullptr));
+    check(inbedder_result_output_shape(r, nullptr, nullptr, &cols, &element_bytes));
+    vecs.resize(n * cols * element_bytes);
+    check(inbedder_result_copy_output(r, vecs.data(), vecs.size(), nullptr));
     if (a.answers) {
       for (std::size_t i = 0; i < n; ++i) {
         const char* s = nullptr;
@@ -395,7 +410,7 @@ int main(int argc, char** argv) {
   try {
     std::filesystem::path parent = std::filesystem::path(out_path).parent_path();
     if (!parent.empty()) std::filesystem::create_directories(parent);
-    inbedder::write_npy_f32(out_path, vecs.data(), n, dim);
+    inbedder::write_npy(out_path, descr, vecs.data(), n, cols, element_bytes);
   } catch (const std::exception& e) {
     runtime_error(e.what());
   }
@@ -409,8 +424,9 @@ int main(int argc, char** argv) {
   if (!a.quiet) {
     std::size_t skipped = in.lines - n;
     std::string blanks = skipped ? ", " + std::to_string(skipped) + " blank line(s) skipped" : "";
-    std::fprintf(stderr, "wrote %s: %zu x %zu float32 (%s read as %s%s)\n", out_path.c_str(), n,
-                 dim, source.c_str(), in.format.c_str(), blanks.c_str());
+    std::string dtype = packed ? (a.precision == "binary" ? "int8" : "uint8") : a.precision;
+    std::fprintf(stderr, "wrote %s: %zu x %zu %s (%s read as %s%s)\n", out_path.c_str(), n, cols,
+                 dtype.c_str(), source.c_str(), in.format.c_str(), blanks.c_str());
   }
   return 0;
 }

@@ -85,7 +85,11 @@ INBEDDER_API const char* inbedder_last_error(void);
  *           "normalize" (int 0/1: L2-normalise after the bundle's post-processing),
  *           "answers" (int 0/1: also return each text's answer),
  *           "decode_steps" (int, masked-lm bundles: passes of iterative unmasking),
- *           "max_new_tokens" (int, causal-lm bundles: answer length)
+ *           "max_new_tokens" (int, causal-lm bundles: answer length),
+ *           "precision" (string, of the output, as sentence-transformers' quantize_embeddings:
+ *           "float32" (default) | "float16" | "int8" | "uint8" | "binary" | "ubinary"; see
+ *           inbedder_result_output_shape. int8 / uint8 take each dimension's range over the
+ *           texts of the call, so they need more than one text)
  * Setting an encode option and passing the options to inbedder_model_open (or the reverse) is
  * INBEDDER_ERR_UNKNOWN_OPTION; so is a family option on a bundle of another family. */
 INBEDDER_API inbedder_status inbedder_options_create(inbedder_options** out);
@@ -98,9 +102,12 @@ INBEDDER_API inbedder_status inbedder_options_set_int(inbedder_options* options,
 INBEDDER_API inbedder_status inbedder_options_clear(inbedder_options* options, const char* name);
 
 /* -- model --------------------------------------------------------------------------------
- * Opens the bundle directory: checks the manifest (format, version, every file's size and
- * sha256, paths inside the bundle), loads the tokenizer and the ONNX graph(s). options may be
- * NULL. On failure *out is NULL. */
+ * Opens the bundle directory (plain, or versioned: inbedder.current naming a v-... directory,
+ * read under a shared flock): checks the manifest (format, version, every file's size and
+ * sha256, paths inside the bundle, no links out), loads the tokenizer and the ONNX graph(s).
+ * bundle_dir may also be a hub name "org/name" that is not a directory: the bundle the Python
+ * runtime fetched into the local bundle cache (<HF_HUB_CACHE>/../inbedder/bundles/...), never
+ * downloaded here. options may be NULL. On failure *out is NULL. */
 INBEDDER_API inbedder_status inbedder_model_open(const char* bundle_dir,
                                                  const inbedder_options* options,
                                                  inbedder_model** out);
@@ -119,9 +126,11 @@ INBEDDER_API inbedder_status inbedder_model_answers(const inbedder_model* model,
 /* -- encoding -----------------------------------------------------------------------------
  * texts: n_texts UTF-8 strings; text_lengths: their byte lengths, or NULL when every text is
  * NUL-terminated. instructions: n_instructions UTF-8 NUL-terminated strings, 1 (for every text)
- * or n_texts (one per text). options: encode options, or NULL. n_texts == 0 is
- * INBEDDER_ERR_INVALID_ARGUMENT. Texts are batched by token length; results do not depend on
- * batch_size or on which texts share a batch. */
+ * or n_texts (one per text); or none (n_instructions 0, instructions may be NULL), which only a
+ * bundle whose info "needs_instruction" is "no" takes (each text under ""); for the others it is
+ * INBEDDER_ERR_INVALID_ARGUMENT ("" is an instruction: the empty one). options: encode options,
+ * or NULL. n_texts == 0 is INBEDDER_ERR_INVALID_ARGUMENT. Texts are batched by token length;
+ * results do not depend on batch_size or on which texts share a batch. */
 INBEDDER_API inbedder_status inbedder_encode(inbedder_model* model, const char* const* texts,
                                              const size_t* text_lengths, size_t n_texts,
                                              const char* const* instructions, size_t n_instructions,
@@ -135,14 +144,31 @@ INBEDDER_API inbedder_status inbedder_result_embeddings(const inbedder_result* r
 INBEDDER_API inbedder_status inbedder_result_copy_embeddings(const inbedder_result* result,
                                                              float* buffer, size_t capacity,
                                                              size_t* required);
+/* The vectors in the encode's "precision": *n rows of *cols elements of *element_bytes bytes,
+ * row-major (any out-pointer may be NULL). float32: cols = dim, 4 bytes (the same numbers as
+ * inbedder_result_embeddings); float16: 2 bytes, IEEE binary16 bits in host byte order;
+ * int8 / uint8: 1 byte, 255 steps between each dimension's min and max over the call's vectors
+ * (int8 offset by -128); binary / ubinary: cols = ceil(dim / 8) bytes of sign bits (x > 0), the
+ * first dimension in the high bit (numpy packbits), as int8 offset by -128 / uint8.
+ * *precision gets the name, owned by the result. */
+INBEDDER_API inbedder_status inbedder_result_output_shape(const inbedder_result* result,
+                                                          const char** precision, size_t* n,
+                                                          size_t* cols, size_t* element_bytes);
+/* Copies those n * cols * element_bytes bytes into the caller's buffer of capacity bytes;
+ * *required (may be NULL) gets that number. Too small: INBEDDER_ERR_BUFFER_TOO_SMALL and
+ * nothing copied. */
+INBEDDER_API inbedder_status inbedder_result_copy_output(const inbedder_result* result,
+                                                         void* buffer, size_t capacity,
+                                                         size_t* required);
 /* Answer i (UTF-8, NUL-terminated, owned by the result; *length may be NULL). Only when the
  * encode asked for answers ("answers" = 1), else INBEDDER_ERR_UNSUPPORTED. */
 INBEDDER_API inbedder_status inbedder_result_answer(const inbedder_result* result, size_t index,
                                                     const char** answer, size_t* length);
 INBEDDER_API void inbedder_result_free(inbedder_result* result);
 
-/* One call, caller-owned output: NUL-terminated texts under one instruction, vectors into
- * out (capacity floats, needs n_texts * dim; *required, may be NULL, gets that number). */
+/* One call, caller-owned output: NUL-terminated texts under one instruction (NULL: none, as
+ * n_instructions 0 above), vectors into out (capacity floats, needs n_texts * dim; *required,
+ * may be NULL, gets that number). */
 INBEDDER_API inbedder_status inbedder_embed(inbedder_model* model, const char* const* texts,
                                             size_t n_texts, const char* instruction,
                                             const inbedder_options* options, float* out,
