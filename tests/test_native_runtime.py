@@ -506,12 +506,11 @@ def test_cli_precision_matches_python(bundles, build: Path, tmp_path: Path):
     `encode(..., precision=)` (same header and dtype; values up to one int8 step / a sign bit of
     the float32 difference). The Python CLI streams (issue "batch jobs"): its `--dtype float16` is
     this float16; ranges over all the texts (int8/uint8) and packed bits are the API's."""
-    from inbedder import Embedder
-
     bundle = bundles("masked")
     src = tmp_path / "in.txt"
-    texts = TEXTS[:1] + TEXTS[2:]
-    src.write_text("\n".join(texts) + "\n", encoding="utf-8")  # one text per line
+    lines = TEXTS[:1] + TEXTS[2:]
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")  # one text per line
+    texts = [t for t in lines if t]  # the blank line is skipped (and counted) by the tool
     with Embedder(bundle) as emb:
         for precision in ("float16", "int8", "ubinary"):
             py, nat = tmp_path / f"p-{precision}.npy", tmp_path / f"n-{precision}.npy"
