@@ -297,7 +297,9 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     # Every output location is checked (its temporary file created) before the bundle is loaded.
     outputs = _Outputs(paths)
     try:
-        emb = Embedder(args.model, device=args.device, threads=args.threads)
+        emb = Embedder(
+            args.model, device=args.device, threads=args.threads, verify=args.verify, spinning=args.spinning
+        )
         if args.instruction is None and emb.pipeline.needs_instruction:
             # The API's rule: an instruction must be given (-i, or one per JSONL record); -i "" is one.
             if per_text is None:
@@ -372,7 +374,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from inbedder.runtime import Embedder
 
     # The checks `Embedder` runs (manifest fields, files, the family's, tokenizer and graphs).
-    m = Embedder(args.bundle, verify=not args.no_verify).manifest
+    m = Embedder(args.bundle, verify="none" if args.no_verify else args.verify).manifest
     print(json.dumps(m.to_json(), indent=2, ensure_ascii=False))
     return 0
 
@@ -395,6 +397,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
         licence = m["licence"] + ("" if m["licence_checked"] else " [unverified]")
         print(f"{m['id']:40s} {m['recipe']:20s} {m['dim']:5d}  {licence}")
     return 0
+
+
+_VERIFY_HELP = (
+    "checksums: stamp (default: hash the files the bundle's verified-stamp does not show unchanged), "
+    "full (hash every file), none (sizes only)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -477,7 +485,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="input (default): cut the end of a long text; reference: the published tokenizer rule",
     )
     m.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="default cpu")
-    m.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+    m.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="onnxruntime threads (default: the cores this process may use)",
+    )
+    m.add_argument(
+        "--spinning",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="idle onnxruntime threads busy-wait (default off: kinder to a shared CPU)",
+    )
     m.add_argument(
         "--decode-steps", type=int, default=None, help="masked LMs: passes of iterative unmasking (default 1)"
     )
@@ -490,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the progress bar (default: on a terminal)",
     )
+    m.add_argument("--verify", choices=("stamp", "full", "none"), default="stamp", help=_VERIFY_HELP)
     m.add_argument("--overwrite", action="store_true", help="replace existing output files")
     m.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     m.set_defaults(func=_cmd_embed)
@@ -500,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="print a bundle's manifest after checking it")
     i.add_argument("bundle", help="bundle directory, or a hub name org/name")
-    i.add_argument("--no-verify", action="store_true", help="skip the sha256 check")
+    i.add_argument("--verify", choices=("stamp", "full", "none"), default="stamp", help=_VERIFY_HELP)
+    i.add_argument("--no-verify", action="store_true", help="the same as --verify none")
     i.set_defaults(func=_cmd_info)
 
     u = sub.add_parser("push", help="publish a bundle on the Hugging Face Hub with a model card")
