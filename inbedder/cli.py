@@ -174,6 +174,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         device=args.device,
         threads=args.threads,
+        verify=args.verify,
+        spinning=args.spinning,
         workers=args.workers,
         options=options,
         overwrite=args.overwrite,
@@ -207,7 +209,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from inbedder.runtime import Embedder
 
     # The checks `Embedder` runs (manifest fields, files, the family's, tokenizer and graphs).
-    m = Embedder(args.bundle, verify=not args.no_verify).manifest
+    m = Embedder(args.bundle, verify="none" if args.no_verify else args.verify).manifest
     print(json.dumps(m.to_json(), indent=2, ensure_ascii=False))
     return 0
 
@@ -230,6 +232,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
         licence = m["licence"] + ("" if m["licence_checked"] else " [unverified]")
         print(f"{m['id']:40s} {m['recipe']:20s} {m['dim']:5d}  {licence}")
     return 0
+
+
+_VERIFY_HELP = (
+    "checksums: stamp (default: hash the files the bundle's verified-stamp does not show unchanged), "
+    "full (hash every file), none (sizes only)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -358,7 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="default cpu")
     m.add_argument(
-        "--threads", type=int, default=None, help="onnxruntime threads per worker (default: cores / workers)"
+        "--threads",
+        type=int,
+        default=None,
+        help="onnxruntime threads per worker (default: the cores this process may use / workers)",
+    )
+    m.add_argument(
+        "--spinning",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="idle onnxruntime threads busy-wait (default off: kinder to a shared CPU)",
     )
     m.add_argument(
         "--decode-steps", type=int, default=None, help="masked LMs: passes of iterative unmasking (default 1)"
@@ -372,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the progress bar (default: on a terminal)",
     )
+    m.add_argument("--verify", choices=("stamp", "full", "none"), default="stamp", help=_VERIFY_HELP)
     m.add_argument("--overwrite", action="store_true", help="replace existing output files")
     m.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     m.set_defaults(func=_cmd_embed)
@@ -382,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="print a bundle's manifest after checking it")
     i.add_argument("bundle", help="bundle directory, or a hub name org/name")
-    i.add_argument("--no-verify", action="store_true", help="skip the sha256 check")
+    i.add_argument("--verify", choices=("stamp", "full", "none"), default="stamp", help=_VERIFY_HELP)
+    i.add_argument("--no-verify", action="store_true", help="the same as --verify none")
     i.set_defaults(func=_cmd_info)
 
     u = sub.add_parser("push", help="publish a bundle on the Hugging Face Hub with a model card")

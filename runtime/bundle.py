@@ -40,6 +40,17 @@ except ImportError:  # pragma: no cover - Windows: no flock
 
 from inbedder.errors import BundleError
 
+from .stamp import (
+    STAMP_NAME,
+    Verify,
+    is_stamp_file,
+    read_stamp,
+    stamp_entry,
+    stampable,
+    verify_mode,
+    write_stamp,
+)
+
 MANIFEST_NAME = "inbedder.json"
 FORMAT_NAME = "inbedder-bundle"
 FORMAT_VERSION = 1
@@ -238,6 +249,8 @@ def check_file_name(name: Any, where: str) -> str:
         or os.path.isabs(name)
     ):
         raise _FieldError(f"{where} {name!r} is not a plain file name inside the bundle")
+    if is_stamp_file(name):
+        raise _FieldError(f"{where} {name!r} is the name of the verified-stamp, not a bundle file")
     return name
 
 
@@ -332,6 +345,11 @@ def _nofollow(path: str, flags: int) -> int:
 
 
 def sha256_file(path: Path, chunk: int = 1 << 16) -> str:
+    return _sha256_and_stat(path, chunk)[0]
+
+
+def _sha256_and_stat(path: Path, chunk: int = 1 << 16) -> tuple[str, os.stat_result]:
+    """The file's sha256 and the status of the open file once read (what was hashed)."""
     # One small reused buffer: chunks past glibc's mmap threshold (128 KiB) raise that threshold
     # when freed, and then the weight buffers onnxruntime frees after pre-packing stay in the
     # heap (seen: +170 MB resident for a 407 MB int8 graph hashed in 4 MiB reads).
@@ -341,7 +359,7 @@ def sha256_file(path: Path, chunk: int = 1 << 16) -> str:
     with open(path, "rb", buffering=0, opener=_nofollow) as f:
         while n := f.readinto(buf):
             h.update(view[:n])
-    return h.hexdigest()
+        return h.hexdigest(), os.fstat(f.fileno())
 
 
 def file_record(path: Path) -> dict[str, Any]:
@@ -430,7 +448,7 @@ def _shared_lock(d: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _read_checked(root: Path, verify: bool) -> Bundle:
+def _read_checked(root: Path, verify: Verify) -> Bundle:
     mpath = root / MANIFEST_NAME
     try:
         st = os.lstat(mpath)
@@ -464,7 +482,7 @@ def _read_checked(root: Path, verify: bool) -> Bundle:
             if entry.name in manifest.files or os.path.commonpath([real, target]) != real:
                 what = "leaving the bundle" if os.path.commonpath([real, target]) != real else "(not allowed)"
                 raise BundleError(f"{entry.path}: a symbolic link {what}; bundle files must be regular files")
-    sizes = {}
+    stats = {}
     for name, rec in manifest.files.items():
         path = root / name
         try:
@@ -478,21 +496,40 @@ def _read_checked(root: Path, verify: bool) -> Bundle:
                 f"{path}: size {st.st_size} differs from the manifest's {rec['bytes']} "
                 "(changed or truncated file)"
             )
-        sizes[name] = st.st_size
+        stats[name] = st
+    # verify "stamp": a file whose stamp entry still matches (stamp.py) is not hashed again.
+    stamp = read_stamp(root) if verify == "stamp" else {}
+    started = time.time_ns()
+    entries: dict[str, dict[str, Any]] = {}
     tokenizer_json = ""
     for name, rec in manifest.files.items():
-        path = root / name
+        path, st = root / name, stats[name]
+        known = stamp.get(name) == stamp_entry(rec["sha256"], st)
+        if known:
+            entries[name] = stamp[name]
         if name == manifest.tokenizer_file:  # read once: what is hashed is what gets parsed
             with open(path, "rb", opener=_nofollow) as f:
-                tok = f.read(sizes[name] + 1)
-            if len(tok) != rec["bytes"] or (verify and hashlib.sha256(tok).hexdigest() != rec["sha256"]):
+                tok = f.read(st.st_size + 1)
+                after = os.fstat(f.fileno())
+            # Always hashed (a few MB): the bytes parsed are the bytes checked, stamp or not.
+            if len(tok) != rec["bytes"] or (
+                verify != "none" and hashlib.sha256(tok).hexdigest() != rec["sha256"]
+            ):
                 raise BundleError(f"{path}: sha256 differs from the manifest (changed or corrupted file)")
+            if verify != "none" and stampable(st, after, started):
+                entries[name] = stamp_entry(rec["sha256"], st)
             try:
                 tokenizer_json = tok.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise BundleError(f"{path}: the tokenizer is not UTF-8 text ({e.reason})") from None
-        elif verify and sha256_file(path) != rec["sha256"]:
-            raise BundleError(f"{path}: sha256 differs from the manifest (changed or corrupted file)")
+        elif verify != "none" and not known:
+            digest, after = _sha256_and_stat(path)
+            if digest != rec["sha256"]:
+                raise BundleError(f"{path}: sha256 differs from the manifest (changed or corrupted file)")
+            if stampable(st, after, started):
+                entries[name] = stamp_entry(rec["sha256"], st)
+    if verify != "none" and entries != stamp:  # every file matched: record what was seen
+        write_stamp(root, entries)
     return Bundle(root=root, manifest=manifest, tokenizer_json=tokenizer_json)
 
 
@@ -503,15 +540,20 @@ def load_bundle(
     bundle_dir: str | os.PathLike[str],
     build: Callable[[Bundle], T] | None = None,
     *,
-    verify: bool = True,
+    verify: Verify | bool = "stamp",
 ) -> Any:
     """Check one complete version of the bundle and return `build(bundle)` (run while the version
     is locked: a replace cannot remove it meanwhile), or the `Bundle` itself.
 
     Every file the manifest lists must exist as a regular file inside the bundle with the recorded
-    size; with `verify` (the default) its sha256 must match too. When the bundle is replaced while
-    being read (the pointer moved), the load starts again on the new version.
+    size. `verify`: "stamp" (the default; True) checks every file's sha256 too, except a file the
+    bundle's verified-stamp shows unchanged since it was last hashed whole (`stamp.py`; the
+    tokenizer is always hashed); "full" hashes every file; "none" (False) checks sizes only (for
+    a bundle its own writer just hashed). "stamp" and "full" write the stamp after a load in which
+    every file matched. When the bundle is replaced while being read (the pointer moved), the
+    load starts again on the new version.
     """
+    mode = verify_mode(verify)
     top = Path(bundle_dir)
     if not top.is_dir():
         raise BundleError(f"{top}: no such bundle directory")
@@ -521,7 +563,7 @@ def load_bundle(
         try:
             root = _version_dir(top, version)
             with _shared_lock(root):
-                b = _read_checked(root, verify)
+                b = _read_checked(root, mode)
                 return build(b) if build is not None else b
         except (BundleError, OSError) as e:
             if _read_pointer(top) == version:
@@ -532,7 +574,7 @@ def load_bundle(
     raise BundleError(f"{top}: the bundle was replaced {LOAD_ATTEMPTS} times while loading") from last
 
 
-def load_manifest(bundle_dir: str | os.PathLike[str], *, verify: bool = True) -> Manifest:
+def load_manifest(bundle_dir: str | os.PathLike[str], *, verify: Verify | bool = "stamp") -> Manifest:
     """Read and check a bundle's manifest (see `load_bundle`). Family-specific checks (the
     tokenizer, the graphs' inputs) run when the bundle is opened by `Embedder`."""
     bundle: Bundle = load_bundle(bundle_dir, verify=verify)
@@ -648,6 +690,7 @@ def _remove_old_versions(out: Path, keep: str) -> None:
         except (ValueError, RecursionError, AttributeError, OSError):
             names = []
         old.unlink(missing_ok=True)
+        (out / STAMP_NAME).unlink(missing_ok=True)
         for name in names:
             with contextlib.suppress(_FieldError, OSError):
                 p = out / check_file_name(name, "file")
@@ -724,7 +767,7 @@ def write_bundle(
         files = {
             p.name: file_record(p)
             for p in sorted(content.iterdir())
-            if p.is_file() and not p.is_symlink() and p.name != MANIFEST_NAME
+            if p.is_file() and not p.is_symlink() and p.name != MANIFEST_NAME and not is_stamp_file(p.name)
         }
         final = dataclasses.replace(manifest, files=files)
         mtmp = content / (MANIFEST_NAME + ".tmp")
@@ -741,5 +784,10 @@ def move_files(src: Path, dst: Path) -> None:
     """Move every file of `src` except a manifest (and a staging directory's owner file) into
     `dst` (a `write_bundle` populate step for a staged directory that becomes the bundle)."""
     for p in src.iterdir():
-        if p.is_file() and p.name != MANIFEST_NAME and not p.name.startswith(OWNER_NAME):
+        if (
+            p.is_file()
+            and p.name != MANIFEST_NAME
+            and not p.name.startswith(OWNER_NAME)
+            and not is_stamp_file(p.name)  # vouches for files where they were, not where they go
+        ):
             shutil.move(str(p), dst / p.name)

@@ -22,7 +22,8 @@ from .bundle import Bundle, Manifest, load_bundle
 from .hub import resolve_bundle
 from .pipeline import Pipeline, pipeline_for
 from .prompt import TRUNCATION_MODES, TruncationMode
-from .session import Device, resolve_device
+from .session import Device, ThreadOptions, resolve_device
+from .stamp import Verify
 
 Texts = str | Iterable[str]
 OutputPrecision = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
@@ -92,6 +93,10 @@ class Embedder:
 
     >>> emb = Embedder("bundles/inbedder-roberta-large")
     >>> vecs, answers = emb.encode(["I love cats"], instruction="What animal?", return_answers=True)
+
+    `threads`: onnxruntime intra-op threads (default: the cores this process may run on);
+    `spinning`: let idle pool threads busy-wait (off: better on a shared CPU; see `ThreadOptions`).
+    `verify`: "stamp" (default), "full" or "none", how file checksums are checked (`load_bundle`).
     """
 
     def __init__(
@@ -100,14 +105,16 @@ class Embedder:
         device: Device = "cpu",
         threads: int | None = None,
         *,
-        verify: bool = True,
+        verify: Verify | bool = "stamp",
+        spinning: bool = False,
     ):
         self.bundle_dir = resolve_bundle(bundle_dir)  # a directory, or a hub name fetched into the cache
         self.device = resolve_device(device)
+        self.threads = ThreadOptions(threads, spinning)  # checked before anything is read
 
         def build(bundle: Bundle) -> tuple[Manifest, Pipeline]:
             # Run while this version of the bundle is locked: every file comes from it.
-            return bundle.manifest, pipeline_for(bundle.manifest)(bundle, self.device, threads)
+            return bundle.manifest, pipeline_for(bundle.manifest)(bundle, self.device, self.threads)
 
         loaded: tuple[Manifest, Pipeline] = load_bundle(self.bundle_dir, build, verify=verify)
         self.manifest, self.pipeline = loaded

@@ -25,7 +25,7 @@ from inbedder.errors import BundleError, InputError, InputTypeError
 
 from .bundle import MANIFEST_NAME, Bundle, Manifest
 from .prompt import Encoded, PromptTokenizer, pad_batch
-from .session import make_session
+from .session import ThreadOptions, make_session
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
 
@@ -109,7 +109,7 @@ class Pipeline:
     recipes: ClassVar[tuple[str, ...]] = ()
     graphs: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
-    def __init__(self, bundle: Bundle, device: str, threads: int | None):
+    def __init__(self, bundle: Bundle, device: str, threads: int | ThreadOptions | None):
         manifest = bundle.manifest
         self.manifest = manifest
         origin = str(bundle.root / MANIFEST_NAME)

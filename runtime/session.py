@@ -1,13 +1,15 @@
 """ONNX Runtime sessions: execution-provider choice and options.
 
-Scope: "cpu" | "cuda" | "auto" -> providers, thread counts, and a loud error (never a silent CPU
-fallback) when CUDA is asked for and cannot be had.
+Scope: "cpu" | "cuda" | "auto" -> providers, the CPU thread pool (`ThreadOptions`: how many
+threads, whether they spin), and a loud error (never a silent CPU fallback) when CUDA is asked for
+and cannot be had.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -39,24 +41,68 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def available_cores() -> int:
+    """The logical CPUs this process may run on (its affinity mask, which `taskset`, cgroups'
+    cpusets and container limits narrow), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ThreadOptions:
+    """onnxruntime's CPU thread pool for one session.
+
+    `threads`: intra-op threads (the caller's thread is one of them); None: `available_cores()`.
+    `spinning`: whether idle pool threads busy-wait for the next operator's work
+    (`session.intra_op.allow_spinning`, and the same for the inter-op pool) instead of sleeping.
+    Spinning saves a wake-up per operator on an idle machine but burns cores other processes need
+    and, when a core is taken by another process, leaves the pool waiting on a preempted spinner;
+    off by default (README, "Benchmarks": the measured cost and gain).
+    """
+
+    threads: int | None = None
+    spinning: bool = False
+
+    def __post_init__(self) -> None:
+        t = self.threads
+        if t is not None and (not isinstance(t, int) or isinstance(t, bool) or t < 1):
+            raise InputError(f"threads must be a positive int or None, got {t!r}")
+        if not isinstance(self.spinning, bool):
+            raise InputError(f"spinning must be True or False, got {self.spinning!r}")
+
+    @property
+    def intra_op_threads(self) -> int:
+        return self.threads if self.threads is not None else available_cores()
+
+    def apply(self, opts: ort.SessionOptions) -> None:
+        opts.intra_op_num_threads = self.intra_op_threads
+        opts.inter_op_num_threads = 1  # sequential execution: the inter-op pool is not used
+        spin = "1" if self.spinning else "0"
+        opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+
+
+def thread_options(threads: int | ThreadOptions | None) -> ThreadOptions:
+    return threads if isinstance(threads, ThreadOptions) else ThreadOptions(threads)
+
+
 def make_session(
     path: str | os.PathLike[str],
     device: str,
-    threads: int | None = None,
+    threads: int | ThreadOptions | None = None,
     cpu_disabled_optimizers: Sequence[str] = (),
 ) -> ort.InferenceSession:
     """One inference session on the resolved device ("cpu" or "cuda"); on the CPU without the
-    session optimizers the bundle's manifest names for this graph."""
+    session optimizers the bundle's manifest names for this graph, its thread pool as `threads`
+    says (an int: that many intra-op threads, the other `ThreadOptions` defaults)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Weights go straight to the device allocator rather than through the arena: lower resident
     # memory and faster session creation.
     opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
-    if threads is not None:
-        if not isinstance(threads, int) or threads < 1:
-            raise InputError(f"threads must be a positive int or None, got {threads!r}")
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
+    thread_options(threads).apply(opts)
     providers = [_CUDA, _CPU] if device == "cuda" else [_CPU]
     disabled = list(cpu_disabled_optimizers) if device == "cpu" else []
     try:

@@ -52,6 +52,8 @@ class JobSpec:
     dtype: str = "float32"
     device: str = "cpu"
     threads: int | None = None
+    verify: str = "stamp"  # checksums: Embedder's `verify`
+    spinning: bool = False
     workers: int = 1
     options: Mapping[str, Any] = field(default_factory=dict)
     overwrite: bool = False
@@ -414,7 +416,9 @@ class _InProcess:
     def __init__(self, spec: JobSpec, bundle_dir: Path, on_batch: Callable[[int], object]):
         from inbedder.runtime import Embedder
 
-        self.emb = Embedder(bundle_dir, device=spec.device, threads=spec.threads)  # type: ignore[arg-type]
+        self.emb = Embedder(  # type: ignore[arg-type]  # device: a CLI string, checked by Embedder
+            bundle_dir, device=spec.device, threads=spec.threads, verify=spec.verify, spinning=spec.spinning
+        )
         self.on_batch = on_batch
 
     def run(

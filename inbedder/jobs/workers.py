@@ -27,7 +27,9 @@ def threads_per_worker(workers: int, threads: int | None) -> int:
     """`--threads`, else the cores split evenly between the workers (at least one each)."""
     if threads is not None:
         return threads
-    return max(1, (os.cpu_count() or 1) // workers)
+    from inbedder.runtime.session import available_cores
+
+    return max(1, available_cores() // workers)
 
 
 def _worker(spec: Any, bundle_dir: str, threads: int, tasks: Any, results: Any, parent: int) -> None:
@@ -37,7 +39,7 @@ def _worker(spec: Any, bundle_dir: str, threads: int, tasks: Any, results: Any, 
     from inbedder.runtime import Embedder
 
     try:
-        emb = Embedder(bundle_dir, device=spec.device, threads=threads)
+        emb = Embedder(bundle_dir, device=spec.device, threads=threads, verify=spec.verify, spinning=spec.spinning)
     except BaseException as e:
         results.put((-1, "error", _portable(e)))
         return
