@@ -522,7 +522,9 @@ def test_cli_precision_matches_python(bundles, build: Path, tmp_path: Path):
             )  # fmt: skip
             assert done.returncode == 0, done.stderr
             a, b = np.load(py), np.load(nat)
-            assert py.read_bytes()[:128] == nat.read_bytes()[:128] and a.dtype == b.dtype and a.shape == b.shape
+            assert (
+                py.read_bytes()[:128] == nat.read_bytes()[:128] and a.dtype == b.dtype and a.shape == b.shape
+            )
             assert np.abs(a.astype(np.float32) - b.astype(np.float32)).max() <= (
                 1e-3 if precision == "float16" else 1
             )

@@ -39,7 +39,9 @@ def _worker(spec: Any, bundle_dir: str, threads: int, tasks: Any, results: Any, 
     from inbedder.runtime import Embedder
 
     try:
-        emb = Embedder(bundle_dir, device=spec.device, threads=threads, verify=spec.verify, spinning=spec.spinning)
+        emb = Embedder(
+            bundle_dir, device=spec.device, threads=threads, verify=spec.verify, spinning=spec.spinning
+        )
     except BaseException as e:
         results.put((-1, "error", _portable(e)))
         return
