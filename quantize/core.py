@@ -243,6 +243,7 @@ def _int8_with_fallback(
                         work,
                         per_channel=True,
                         reduce_range=chosen,
+                        per_token=method == "per-token",
                     )
             for n in range(1, int(weight_matmuls * MAX_FP32_FRACTION) + 1):
                 ladder.append((True, n))
