@@ -10,7 +10,7 @@ text's vector depends on its neighbours (and on its own padding). Here every wei
 
     s    = max(|X|, over the last axis) / 127          # (B, S, 1): one scale per token
     Xq   = QuantizeLinear(X * (1 / s), 1, 128)          # (B, S, K) uint8, symmetric around 128
-    Y    = MatMulIntegerToFloat(Xq, Wq, s, w_scale, 128, bias)   # (B, S, N) fp32
+    Y    = MatMulIntegerToFloat(Xq, Wq, s, w_scale, 128) + b    # (B, S, N) fp32
 
 with `Wq` int8 per output column (`w_scale`: (N,)). A token's scale depends on that token only,
 so results do not depend on batch size, neighbours or padding, and an outlier token costs
@@ -21,8 +21,8 @@ VNNI). A fused `Attention` (QKV projection + attention core in one op, whose int
 `MultiHeadAttention` core in fp32; one that `MultiHeadAttention` cannot express (causal, past
 state, rotary, unequal Q/K/V sizes) stays fp32.
 
-`smooth` (SmoothQuant-style): per-input-channel factors `f` (K,) for a MatMul move activation
-outliers into the weights: `X W = (X / f) (f W)`; the division is one Mul before the row scale.
+A GELU output (>= -0.17) is shifted to >= 0 and quantized over 0..255 (zero point 0) instead of
+the half of a symmetric range its positive values would get; the shift comes out in the bias.
 """
 
 from __future__ import annotations
@@ -64,7 +64,6 @@ class _Rewriter:
         self.rows: dict[str, tuple[str, str, str]] = {}  # input -> (xq, scale, zero point)
         self.producer = {o: n.op_type for n in self.graph.node for o in n.output}
         self.new_inits: list[TensorProto] = []
-        self.consumers: Counter[str] = Counter(i for n in self.graph.node for i in n.input)
         self.graph_outputs = {o.name for o in self.graph.output}
         self._const("pt.zp", np.array(ZERO_POINT, np.uint8))
         self._const("pt.one", np.array(1.0, np.float32))
@@ -233,7 +232,7 @@ def _attention(rw: _Rewriter, n: onnx.NodeProto) -> list[onnx.NodeProto] | None:
     """Fused Attention -> per-token int8 QKV projection + Split + MultiHeadAttention (fp32 core);
     None when MultiHeadAttention cannot express this Attention."""
     attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-    if set(attrs) - _MHA_ATTRS or len(n.output) > 1:
+    if set(attrs) - _MHA_ATTRS or len(n.output) > 1 or rw.opset < 13:  # Split's sizes input: opset 13
         return None
     inputs = list(n.input) + [""] * (6 - len(n.input))
     x, w_name, b_name, mask, past, attn_bias = inputs[:6]
