@@ -173,8 +173,13 @@ def test_tiny_vectors_do_not_depend_on_the_batch(pertoken_bundle: Path):
 
 
 def test_dynamic_int8_depends_on_the_batch(masked_bundle: Path, tmp_path: Path):
-    """The check above can fail: onnxruntime's dynamic int8 (one scale per batch) does."""
-    quantize_bundle(masked_bundle, tmp_path / "dyn", int8_method="dynamic", fallback=False, min_cosine=1e-6)
+    """The check above can fail: onnxruntime's dynamic int8 (one scale per batch, the CLI's
+    `--int8-method dynamic`) does."""
+    from inbedder.cli import main
+
+    assert main(["quantize", str(masked_bundle), str(tmp_path / "dyn"), "--int8-method", "dynamic"]) == 0
+    q = load_manifest(tmp_path / "dyn").options["quantization"]
+    assert q["method"] == "onnxruntime.quantization.quantize_dynamic"
     assert alone_vs_batched(Embedder(tmp_path / "dyn"), TEXTS) > 1e-4
 
 
