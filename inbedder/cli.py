@@ -145,6 +145,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         reduce_range=args.reduce_range,
         per_channel=args.per_channel,
         overwrite=args.overwrite,
+        int8_method=args.int8_method,
     )
     _print_gate(args.out_dir, m)
     return 0
@@ -288,7 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="7-bit weights (default: on for x86 CPUs without VNNI)",
     )
-    q.add_argument("--per-channel", action="store_true", help="per-channel weight scales")
+    q.add_argument("--per-channel", action="store_true", help="per-channel weight scales (dynamic int8)")
+    q.add_argument(
+        "--int8-method",
+        choices=("per-token", "dynamic"),
+        default="per-token",
+        help="per-token activation scales (default: results independent of the batch) or "
+        "onnxruntime's quantize_dynamic (one scale per batch)",
+    )
     q.add_argument("--overwrite", action="store_true", help="replace an existing bundle at out_dir")
     q.set_defaults(func=_cmd_quantize)
 

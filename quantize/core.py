@@ -24,9 +24,15 @@ from inbedder.runtime.session import Device
 from .convert import FP16_FP32_OPS, INT8_OP_TYPES, convert_fp16, fuse, overflowing_nodes, quantize_int8
 from .gate import DEFAULT_MIN_COSINE, GateFigures, QuantizationRefused, compare
 from .isa import cpu_features
+from .pertoken import quantize_int8_invariant
 from .sensitivity import rank_end_to_end, rank_matmuls
 
 PRECISIONS: tuple[Literal["int8", "fp16"], ...] = ("int8", "fp16")
+# int8 methods (switch point): "per-token" (`pertoken.py`: per-token activation scales, per-channel
+# weights; results independent of the batch) or "dynamic" (onnxruntime's `quantize_dynamic`: one
+# activation scale per batch, so a vector depends on its neighbours).
+INT8_METHODS = ("per-token", "dynamic")
+DEFAULT_INT8_METHOD = "per-token"
 MAX_FP32_FRACTION = 1 / 3  # int8 fallback keeps at most this share of weight MatMuls in fp32
 RANKING_TEXTS = 12  # calibration texts used to rank MatMuls by int8 error
 RANKING_CANDIDATES = 16  # MatMuls (largest local error) whose end-to-end effect is measured
@@ -45,6 +51,7 @@ def quantize_bundle(
     per_channel: bool = False,
     fallback: bool = True,
     overwrite: bool = False,
+    int8_method: str = DEFAULT_INT8_METHOD,
 ) -> Manifest:
     """Write a `precision` copy of the fp32 bundle `src` to `out` (which may be `src` itself with
     `overwrite=True`) if its embeddings stay within `min_cosine` of the source's on the
@@ -57,6 +64,8 @@ def quantize_bundle(
     """
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if int8_method not in INT8_METHODS:
+        raise InputError(f"int8_method must be one of {INT8_METHODS}, got {int8_method!r}")
     if not 0.0 < min_cosine <= 1.0:
         raise InputError(f"min_cosine must be in (0, 1], got {min_cosine}")
     manifest = load_manifest(src)
@@ -105,7 +114,16 @@ def quantize_bundle(
     with staging(out, "quantize") as work:
         if precision == "int8":
             staged, figures = _int8_with_fallback(
-                root, manifest, work, reference, pairs, reduce_range, per_channel, fallback, stage_and_gate
+                root,
+                manifest,
+                work,
+                reference,
+                pairs,
+                reduce_range,
+                per_channel,
+                fallback,
+                stage_and_gate,
+                int8_method,
             )
         else:
             staged, figures = stage_and_gate(_to_fp16(root, manifest, work, reference, pairs), work)
@@ -135,6 +153,7 @@ def _int8_with_fallback(
     per_channel: bool,
     fallback: bool,
     stage_and_gate: Any,
+    method: str = DEFAULT_INT8_METHOD,
 ) -> tuple[Manifest, GateFigures]:
     """Try int8 settings from fastest to most faithful until the gate passes: per-tensor weights,
     per-channel weights, then per-channel with the MatMuls that lose most to int8 (measured by
@@ -147,6 +166,8 @@ def _int8_with_fallback(
     for role, graph in manifest.graphs.items():
         fused, stats = fuse(src / graph.file, fused_dir / graph.file, graph, manifest.source)
         fusion[role] = {"fused": fused, "fusions": stats}
+    if method == "per-token":
+        per_channel = True  # per-token activations always go with per-channel weights
     ladder: list[tuple[bool, int]] = [(per_channel, 0)]
     if fallback and not per_channel:
         ladder.append((True, 0))
@@ -159,26 +180,44 @@ def _int8_with_fallback(
         pc, n_keep = ladder[step]
         out_dir = work / f"try{step}"
         out_dir.mkdir()
-        record: dict[str, Any] = {
-            "method": "onnxruntime.quantization.quantize_dynamic",
-            "weights": "int8 (QInt8), " + ("per-channel" if pc else "per-tensor"),
-            "activations": "uint8, dynamic per call",
-            "op_types": list(INT8_OP_TYPES),
-            "matmul_const_b_only": True,
-            "reduce_range": chosen,
-            "reduce_range_source": "auto" if reduce_range is None else "user",
-            "cpu": isa.summary,
-            "graphs": {},
-        }
+        record: dict[str, Any] = (
+            {
+                "method": "per-token (inbedder.quantize.pertoken)",
+                "weights": "int8, symmetric, per output channel",
+                "activations": "uint8 around 128, one scale per token (batch-independent)",
+                "op_types": ["MatMul", "Attention"],
+            }
+            if method == "per-token"
+            else {
+                "method": "onnxruntime.quantization.quantize_dynamic",
+                "weights": "int8 (QInt8), " + ("per-channel" if pc else "per-tensor"),
+                "activations": "uint8, dynamic per call",
+                "op_types": list(INT8_OP_TYPES),
+                "matmul_const_b_only": True,
+            }
+        )
+        record.update(
+            {
+                "reduce_range": chosen,
+                "reduce_range_source": "auto" if reduce_range is None else "user",
+                "cpu": isa.summary,
+                "graphs": {},
+            }
+        )
         for role, graph in manifest.graphs.items():
             keep = [name for name, _ in ranking.get(role, [])[:n_keep]]
-            ops = quantize_int8(
-                fused_dir / graph.file,
-                out_dir / graph.file,
-                reduce_range=chosen,
-                per_channel=pc,
-                exclude=keep,
-            )
+            if method == "per-token":
+                ops = quantize_int8_invariant(
+                    fused_dir / graph.file, out_dir / graph.file, reduce_range=chosen, exclude=keep
+                )
+            else:
+                ops = quantize_int8(
+                    fused_dir / graph.file,
+                    out_dir / graph.file,
+                    reduce_range=chosen,
+                    per_channel=pc,
+                    exclude=keep,
+                )
             record["graphs"][role] = {**fusion[role], "ops": ops, "kept_fp32_nodes": keep}
         record["attempts"] = list(tried)
         staged, figures = stage_and_gate(record, out_dir)
@@ -204,6 +243,7 @@ def _int8_with_fallback(
                         work,
                         per_channel=True,
                         reduce_range=chosen,
+                        per_token=method == "per-token",
                     )
             for n in range(1, int(weight_matmuls * MAX_FP32_FRACTION) + 1):
                 ladder.append((True, n))

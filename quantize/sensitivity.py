@@ -80,13 +80,16 @@ def rank_end_to_end(
     *,
     per_channel: bool,
     reduce_range: bool,
+    per_token: bool = False,
 ) -> list[tuple[str, float]]:
     """(node, 1 - min cosine of the graph's float outputs) with only that node in int8, worst
     first. Local error misses how early layers' errors grow downstream; this measures it, at one
-    quantization per candidate (so callers pass a short list)."""
+    quantization per candidate (so callers pass a short list), with the method the bundle uses
+    (`per_token`: `pertoken.quantize_int8_invariant`, else `quantize_dynamic`)."""
     import onnxruntime as ort
 
     from .convert import quantize_int8
+    from .pertoken import quantize_int8_invariant
 
     base = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in base.get_outputs() if o.type == "tensor(float)"]
@@ -95,7 +98,10 @@ def rank_end_to_end(
     for node in candidates:
         path = work / "probe" / "probe.onnx"
         path.parent.mkdir(exist_ok=True)
-        quantize_int8(model_path, path, reduce_range=reduce_range, per_channel=per_channel, only=[node])
+        if per_token:
+            quantize_int8_invariant(model_path, path, reduce_range=reduce_range, only=[node])
+        else:
+            quantize_int8(model_path, path, reduce_range=reduce_range, per_channel=per_channel, only=[node])
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         worst = 1.0
         for f, ref in zip(feeds, want, strict=True):

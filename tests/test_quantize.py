@@ -17,8 +17,10 @@ from inbedder.runtime.bundle import MANIFEST_NAME
 
 @pytest.fixture(scope="module")
 def int8_bundle(masked_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """onnxruntime's dynamic int8 (the structure tests below are its; per-token int8, the default,
+    has tests/test_quantize_pertoken.py)."""
     out = tmp_path_factory.mktemp("q") / "int8"
-    quantize_bundle(masked_bundle, out, precision="int8")
+    quantize_bundle(masked_bundle, out, precision="int8", int8_method="dynamic")
     return out
 
 
@@ -99,13 +101,17 @@ def test_gate_refuses_a_broken_quantization(masked_bundle: Path, tmp_path: Path,
     monkeypatch.setattr(core, "quantize_int8", broken)
     out = tmp_path / "int8"
     with pytest.raises(QuantizationRefused, match=r"int8 bundle refused: min cosine 0\.\d+"):
-        quantize_bundle(masked_bundle, out)
+        quantize_bundle(masked_bundle, out, int8_method="dynamic")
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_gate_bound_is_applied(masked_bundle: Path, tmp_path: Path):
+    # Dynamic int8: per-token int8 of this tiny model on one short text can come out within
+    # float32 rounding of cosine 1.0, which meets the bound.
     with pytest.raises(QuantizationRefused, match=r"bound 1\.0"):
-        quantize_bundle(masked_bundle, tmp_path / "x", min_cosine=1.0, calibration=[("x", "q")] * 2)
+        quantize_bundle(
+            masked_bundle, tmp_path / "x", min_cosine=1.0, calibration=[("x", "q")] * 2, int8_method="dynamic"
+        )
     with pytest.raises(ValueError, match="min_cosine"):
         quantize_bundle(masked_bundle, tmp_path / "x", min_cosine=1.5)
     with pytest.raises(ValueError, match="precision"):
@@ -181,7 +187,7 @@ def test_int8_fidelity_on_real_weights(tmp_path_factory: pytest.TempPathFactory,
 
     root = tmp_path_factory.mktemp("minilm-q")
     export_bundle(str(checkpoints("minilm-mlm")), root / "fp32")
-    m = quantize_bundle(root / "fp32", root / "int8", min_cosine=0.995)
+    m = quantize_bundle(root / "fp32", root / "int8", min_cosine=0.995, int8_method="dynamic")
     v, q = m.validation, m.options["quantization"]
     assert v["min_cosine"] >= 0.995, v
     # Per-tensor int8 is far off on these weights; the recorded attempts show the way there.
