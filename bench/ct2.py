@@ -99,8 +99,11 @@ def _prompts(work: Path, tokens: int, n: int) -> tuple[list[str], list[list[int]
     if not path.exists():
         from inbedder.runtime import Embedder
 
-        texts = texts_of(work / "fp32", tokens, n)
         pipe = Embedder(work / "fp32", verify="none").pipeline
+        shortest = len(pipe.tokenize([""], [INSTRUCTION], "input")[0].ids)
+        if tokens < shortest:  # texts_of would never get there
+            raise SystemExit(f"T={tokens}: the prompt with an empty text is already {shortest} tokens")
+        texts = texts_of(work / "fp32", tokens, n)
         ids = [list(map(int, e.ids)) for e in pipe.tokenize(texts, [INSTRUCTION] * n, "input")]
         assert all(len(i) == tokens for i in ids), "prompt lengths"
         path.write_text(json.dumps({"texts": texts, "ids": ids}))
