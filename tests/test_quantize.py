@@ -336,11 +336,12 @@ def test_int8_fidelity_on_real_weights(minilm_int8: tuple[Path, Path, Path]):
     assert len(tables) == 1  # the tied embedding / decoder weight, once
     # int8: the table is 8-bit with per-row scales, shared with the head.
     gq = onnx.load(int8 / "model.onnx", load_external_data=False)
-    big = [i for i in gq.graph.initializer if 30522 in i.dims]
-    assert sorted((i.data_type, tuple(i.dims)) for i in big) == [
-        (onnx.TensorProto.FLOAT, (30522,)),
-        (onnx.TensorProto.INT8, (30522, 384)),
+    tables = [
+        (i.data_type, tuple(i.dims)) for i in gq.graph.initializer if len(i.dims) == 2 and 30522 in i.dims
     ]
+    assert tables == [(onnx.TensorProto.INT8, (30522, 384))]  # once: no fp32 table, no separate head
+    scales = [i for i in gq.graph.initializer if i.name.endswith("_row_scale")]
+    assert [tuple(i.dims) for i in scales if 30522 in i.dims] == [(30522,)]
 
 
 @pytest.mark.slow
