@@ -114,33 +114,53 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _print_gate(out: str, m: Manifest) -> None:
     v, q = m.validation, m.options.get("quantization", {})
-    ans = "" if v.get("answers_agree") is None else f", answers agree {v['answers_agree']}/{v['texts']}"
+
+    def part(name: str, p: dict) -> str:
+        ans = "" if p.get("answers_agree") is None else f", answers agree {p['answers_agree']}/{p['texts']}"
+        return (
+            f"{name} ({p['source']}, {p['texts']} texts): min cosine {p['min_cosine']:.5f}, "
+            f"p1 {p['p1_cosine']:.5f}, mean {p['mean_cosine']:.5f}{ans}"
+        )
+
     rr = "" if "reduce_range" not in q else f"; reduce_range={q['reduce_range']} ({q.get('cpu')})"
+    accepted = ""
+    if "accepted_attempt" in q:
+        a = q["attempts"][q["accepted_attempt"]]
+        accepted = (
+            f"\naccepted attempt {a['attempt'] + 1} of {len(q['attempts'])}: "
+            f"{'per-channel' if a['per_channel'] else 'per-tensor'} weights, "
+            f"{a['kept_fp32']} MatMuls kept fp32"
+        )
     print(
-        f"wrote {out}: {m.precision} bundle; fidelity vs fp32: min cosine {v['min_cosine']:.5f}, "
-        f"mean {v['mean_cosine']:.5f} over {v['texts']} texts{ans} (bound {v['bound']}){rr}"
+        f"wrote {out}: {m.precision} bundle; fidelity vs fp32 (bound {v['bound']} on held-out min):\n"
+        f"  {part('held-out', v['heldout'])}\n  {part('calibration', v['calibration'])}{rr}{accepted}"
     )
+
+
+def _read_pairs(file: str | None, instruction: str, what: str) -> list[tuple[str, str]] | None:
+    """(text, instruction) pairs from a texts file (one per line, or JSONL text/instruction)."""
+    if file is None:
+        return None
+    path = Path(file)
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such {what} file")
+    texts, per_text = _read_texts(path)
+    if not texts:
+        raise SystemExit(f"{path}: the {what} file has no texts")
+    instr = per_text or [instruction] * len(texts)
+    return [(t, i or instruction) for t, i in zip(texts, instr, strict=True)]
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     _extra("inbedder.quantize", "quantize", "quantize")
     from inbedder.quantize import quantize_bundle
 
-    calibration = None
-    if args.calibration is not None:
-        path = Path(args.calibration)
-        if not path.is_file():
-            raise SystemExit(f"{path}: no such calibration file")
-        texts, per_text = _read_texts(path)
-        if not texts:
-            raise SystemExit(f"{path}: the calibration file has no texts")
-        instr = per_text or [args.instruction] * len(texts)
-        calibration = [(t, i or args.instruction) for t, i in zip(texts, instr, strict=True)]
     m = quantize_bundle(
         args.bundle,
         args.out_dir,
         precision=args.precision,
-        calibration=calibration,
+        calibration=_read_pairs(args.calibration, args.instruction, "calibration"),
+        heldout=_read_pairs(args.heldout, args.instruction, "held-out"),
         min_cosine=args.min_cosine,
         reduce_range=args.reduce_range,
         per_channel=args.per_channel,
@@ -278,9 +298,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--precision", choices=("int8", "fp16"), default="int8", help="int8 (CPU, default) or fp16 (CUDA)"
     )
-    q.add_argument("--calibration", metavar="FILE", help="texts: one per line, or JSONL text/instruction")
     q.add_argument(
-        "-i", "--instruction", default="What is this text about?", help="for calibration texts without one"
+        "--calibration",
+        metavar="FILE",
+        help="texts that choose the settings: one per line, or JSONL text/instruction (default: built-in)",
+    )
+    q.add_argument(
+        "--heldout",
+        metavar="FILE",
+        help="texts the bound is checked on, never used to choose (same format; default: built-in)",
+    )
+    q.add_argument(
+        "-i", "--instruction", default="What is this text about?", help="for texts of those files without one"
     )
     q.add_argument("--min-cosine", type=float, default=0.99, help="refuse below this (default 0.99)")
     q.add_argument(

@@ -11,9 +11,12 @@ runtime: onnxruntime reads the pair itself.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 from onnx.external_data_helper import set_external_data
 
 # 64 KiB: Windows' allocation granularity and a multiple of every page size (4 KiB on x86 Linux,
@@ -42,7 +45,9 @@ def data_name(graph_file: str) -> str:
 
 def save_graph(model: onnx.ModelProto, path: Path) -> str | None:
     """Write `model` to `path` with its tensors of at least `EXTERNAL_MIN_BYTES` in
-    `data_name(path.name)`, each one past `ALIGN_MIN_BYTES` at an `ALIGNMENT` offset.
+    `data_name(path.name)`, each one past `ALIGN_MIN_BYTES` at an `ALIGNMENT` offset. A weight
+    stored twice (a tied embedding and LM head) is stored once (`tie_transposed`, and identical
+    tensors share one offset of the data file).
 
     Returns the data file's name, or None when no tensor is that large (nothing written beside the
     graph). `model`'s tensors are left external (their bytes moved to the file): reload the file
@@ -51,20 +56,63 @@ def save_graph(model: onnx.ModelProto, path: Path) -> str | None:
     path = Path(path)
     data = path.parent / data_name(path.name)
     data.unlink(missing_ok=True)  # never append to a stale file
+    tie_transposed(model)
     tensors = [t for t in _tensors(model) if t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_MIN_BYTES]
     if tensors:
+        written: dict[tuple[int, bytes], int] = {}  # (dtype, digest) -> offset
         with open(data, "wb") as f:
             for t in tensors:
                 size = len(t.raw_data)
-                if size >= ALIGN_MIN_BYTES:
-                    f.write(b"\0" * (-f.tell() % ALIGNMENT))
-                offset = f.tell()
-                f.write(t.raw_data)
+                key = (t.data_type, hashlib.sha256(t.raw_data).digest())
+                if key in written:  # the same bytes again: read from the same place
+                    offset = written[key]
+                else:
+                    if size >= ALIGN_MIN_BYTES:
+                        f.write(b"\0" * (-f.tell() % ALIGNMENT))
+                    offset = written[key] = f.tell()
+                    f.write(t.raw_data)
                 set_external_data(t, data.name, offset, size)
                 t.ClearField("raw_data")
                 t.data_location = onnx.TensorProto.EXTERNAL
     onnx.save_model(model, str(path))
     return data.name if tensors else None
+
+
+def tie_transposed(model: onnx.ModelProto) -> list[str]:
+    """Replace every 2-D initializer (past `EXTERNAL_MIN_BYTES`) that is another one transposed
+    (an LM head tied to the embedding table, which the exporter's constant folding stores as a
+    transposed copy) by a Transpose node of that other one, so that the bytes are in the file
+    once. onnxruntime folds the Transpose when a session starts (the same memory as before; half
+    the file). Returns the names replaced."""
+    graph = model.graph
+    graph_inputs = {i.name for i in graph.input}
+    big = [
+        t
+        for t in graph.initializer
+        if len(t.dims) == 2 and t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_MIN_BYTES
+        and t.name not in graph_inputs
+    ]  # fmt: skip
+    by_shape: dict[tuple[int, int, int], list[onnx.TensorProto]] = {}
+    for t in big:
+        by_shape.setdefault((t.data_type, t.dims[0], t.dims[1]), []).append(t)
+    replaced: list[str] = []
+    kept: set[str] = set()
+    for t in big:
+        if t.name in replaced:
+            continue
+        for u in by_shape.get((t.data_type, t.dims[1], t.dims[0]), []):
+            if u.name == t.name or u.name in replaced or u.name in kept or t.dims[0] == t.dims[1]:
+                continue
+            a, b = numpy_helper.to_array(t), numpy_helper.to_array(u)
+            if np.array_equal(np.ascontiguousarray(a.T), b):
+                node = onnx.helper.make_node(
+                    "Transpose", [t.name], [u.name], name=f"{u.name}_tied", perm=[1, 0]
+                )
+                graph.node.insert(0, node)
+                graph.initializer.remove(u)
+                replaced.append(u.name)
+                kept.add(t.name)
+    return replaced
 
 
 def _tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:

@@ -23,9 +23,10 @@ from inbedder.onnxfile import CPU_SLOW_FUSIONS, save_graph
 from inbedder.runtime.bundle import GraphSpec
 
 # int8: weight MatMuls (incl. the LM head projection at the slots), the QKV projection of fused
-# Attention, and the token-embedding lookup table. Activation x activation MatMuls stay fp32
-# (MatMulConstBOnly): on AVX2 their per-call quantization costs more than it saves.
-INT8_OP_TYPES = ("MatMul", "Attention", "Gather")
+# Attention. Activation x activation MatMuls stay fp32 (MatMulConstBOnly): on AVX2 their per-call
+# quantization costs more than it saves. The token-embedding table (and a head tied to it) is
+# quantized before, per row, by `embedding.quantize_tables`; other Gathers (positions) stay fp32.
+INT8_OP_TYPES = ("MatMul", "Attention")
 # fp16: onnxruntime's default block list plus the log-softmax over the vocabulary at the slots (a
 # sum of 50k exponentials). Fused norms and attention accumulate in fp32 inside their kernels.
 FP16_FP32_OPS = ("LogSoftmax",)
@@ -37,11 +38,18 @@ def _op_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def fuse(
-    src: Path, dst: Path, graph: GraphSpec, source: Mapping[str, Any], *, use_gpu: bool = False
+    src: Path,
+    dst: Path,
+    graph: GraphSpec,
+    source: Mapping[str, Any],
+    *,
+    use_gpu: bool = False,
+    keep_embedding_gather: bool = False,
 ) -> tuple[bool, dict[str, int]]:
     """Apply onnxruntime's transformer fusions of the graph's `fusion` model type (none if None);
-    for the CPU, without those the graph's `cpu_disabled_optimizers` name. Returns (fused?, the
-    fused-operator statistics)."""
+    for the CPU, without those the graph's `cpu_disabled_optimizers` name. `keep_embedding_gather`
+    leaves out the embedding fusion (EmbedLayerNormalization reads a float table; int8 quantizes
+    the table). Returns (fused?, the fused-operator statistics)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -51,6 +59,8 @@ def fuse(
         return False, {}
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
     options = FusionOptions(kind)
+    if keep_embedding_gather:
+        options.enable_embed_layer_norm = False
     for optimizer in () if use_gpu else graph.cpu_disabled_optimizers:
         for flag in CPU_SLOW_FUSIONS.get(optimizer, ()):
             setattr(options, flag, False)

@@ -10,34 +10,127 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import onnx
 
 from inbedder.errors import InputError
-from inbedder.onnxfile import data_name
+from inbedder.onnxfile import data_name, save_graph
 from inbedder.runtime import Embedder, cuda_available
 from inbedder.runtime.bundle import Manifest, bundle_root, load_manifest, move_files, staging, write_bundle
-from inbedder.runtime.samples import calibration_pairs
+from inbedder.runtime.samples import calibration_pairs, heldout_pairs
 from inbedder.runtime.session import Device
 
 from .convert import FP16_FP32_OPS, INT8_OP_TYPES, convert_fp16, fuse, overflowing_nodes, quantize_int8
-from .gate import DEFAULT_MIN_COSINE, GateFigures, QuantizationRefused, compare
+from .embedding import quantize_tables
+from .gate import (
+    DEFAULT_MIN_COSINE,
+    GateFigures,
+    PartFigures,
+    QuantizationRefused,
+    best_attempt,
+    choose_attempt,
+    measure,
+    reference_outputs,
+)
 from .isa import cpu_features
 from .pertoken import quantize_int8_invariant
 from .sensitivity import rank_end_to_end, rank_matmuls
 
 PRECISIONS: tuple[Literal["int8", "fp16"], ...] = ("int8", "fp16")
-# int8 methods (switch point): "per-token" (`pertoken.py`: per-token activation scales, per-channel
-# weights; results independent of the batch) or "dynamic" (onnxruntime's `quantize_dynamic`: one
-# activation scale per batch, so a vector depends on its neighbours).
-INT8_METHODS = ("per-token", "dynamic")
-DEFAULT_INT8_METHOD = "per-token"
 MAX_FP32_FRACTION = 1 / 3  # int8 fallback keeps at most this share of weight MatMuls in fp32
-RANKING_TEXTS = 12  # calibration texts used to rank MatMuls by int8 error
+RANKING_TEXTS = 12  # calibration texts (spread over the part) used to rank MatMuls by int8 error
 RANKING_CANDIDATES = 16  # MatMuls (largest local error) whose end-to-end effect is measured
+# Settings are chosen on calibration with half the bound's headroom (0.995 for a 0.99 bound): the
+# held-out part is three times larger, so its minimum is lower than calibration's.
+SELECTION_HEADROOM = 0.5
 # onnxruntime's quantizer and fusions hold and serialize the whole graph as one protobuf.
 MAX_QUANTIZE_BYTES = (1 << 31) - (1 << 24)
+
+Pairs = Sequence[tuple[str, str]]
+Feeds = Mapping[str, Sequence[Mapping[str, np.ndarray]]]
+
+
+@dataclass(frozen=True)
+class Int8Setting:
+    """One point of the int8 search: weight scales per channel or per tensor, the weight MatMuls
+    kept in fp32, 7-bit weights or full range."""
+
+    per_channel: bool
+    kept_fp32: tuple[str, ...]
+    reduce_range: bool
+
+
+class Int8Convert(Protocol):
+    """Converts one fused fp32 graph file `src` into an int8 graph file `dst` (bundle layout:
+    `inbedder.onnxfile.save_graph`) at `setting`; returns the op counts of the result.
+    `calibration_feeds` are the graph's inputs on the calibration part (what a static method
+    takes its activation ranges from; empty unless the method asks for them)."""
+
+    def __call__(
+        self,
+        src: Path,
+        dst: Path,
+        setting: Int8Setting,
+        calibration_feeds: Sequence[Mapping[str, np.ndarray]],
+    ) -> dict[str, int]: ...
+
+
+@dataclass(frozen=True)
+class Int8Method:
+    """An int8 conversion the gate searches over: what it is called in the manifest, how it
+    converts, and whether it wants the calibration part's graph inputs."""
+
+    name: str
+    weights: str  # recorded, e.g. "int8 (QInt8), symmetric"
+    activations: str  # recorded, e.g. "uint8, dynamic per call"
+    convert: Int8Convert
+    needs_calibration_feeds: bool = False
+    # Activations quantized per token (a vector does not depend on its batch): weights are then
+    # per channel only, and a tied LM head over the int8 table is quantized per token too.
+    per_token: bool = False
+
+
+def _dynamic(
+    src: Path, dst: Path, setting: Int8Setting, calibration_feeds: Sequence[Mapping[str, np.ndarray]]
+) -> dict[str, int]:
+    return quantize_int8(
+        src,
+        dst,
+        reduce_range=setting.reduce_range,
+        per_channel=setting.per_channel,
+        exclude=setting.kept_fp32,
+    )
+
+
+DYNAMIC_INT8 = Int8Method(
+    name="onnxruntime.quantization.quantize_dynamic",
+    weights="int8 (QInt8), symmetric",
+    activations="uint8, dynamic per call (one scale per tensor)",
+    convert=_dynamic,
+)
+
+
+def _per_token(
+    src: Path, dst: Path, setting: Int8Setting, calibration_feeds: Sequence[Mapping[str, np.ndarray]]
+) -> dict[str, int]:
+    return quantize_int8_invariant(src, dst, reduce_range=setting.reduce_range, exclude=setting.kept_fp32)
+
+
+PER_TOKEN_INT8 = Int8Method(
+    name="per-token (inbedder.quantize.pertoken)",
+    weights="int8, symmetric",
+    activations="uint8 around 128, one scale per token (batch-independent)",
+    convert=_per_token,
+    per_token=True,
+)
+# `quantize_bundle(int8_method=)` / `inbedder quantize --int8-method` by name.
+INT8_METHODS: dict[str, Int8Method] = {"per-token": PER_TOKEN_INT8, "dynamic": DYNAMIC_INT8}
+DEFAULT_INT8_METHOD = "per-token"
 
 
 def quantize_bundle(
@@ -45,27 +138,37 @@ def quantize_bundle(
     out: str | Path,
     *,
     precision: Literal["int8", "fp16"] = "int8",
-    calibration: Sequence[tuple[str, str]] | None = None,
+    calibration: Pairs | None = None,
+    heldout: Pairs | None = None,
     min_cosine: float = DEFAULT_MIN_COSINE,
     reduce_range: bool | None = None,
     per_channel: bool = False,
     fallback: bool = True,
     overwrite: bool = False,
-    int8_method: str = DEFAULT_INT8_METHOD,
+    int8_method: str | Int8Method = DEFAULT_INT8_METHOD,
 ) -> Manifest:
     """Write a `precision` copy of the fp32 bundle `src` to `out` (which may be `src` itself with
-    `overwrite=True`) if its embeddings stay within `min_cosine` of the source's on the
-    calibration (text, instruction) pairs; otherwise raise `QuantizationRefused`.
+    `overwrite=True`) if its embeddings stay within `min_cosine` of the source's on the held-out
+    (text, instruction) pairs; otherwise raise `QuantizationRefused`.
+
+    `calibration` (default: the built-in calibration part, `runtime.samples.calibration_pairs`)
+    chooses the settings; `heldout` (default: the built-in held-out part) is only measured, and
+    the bound applies to it. Both parts' figures go into the manifest's `validation`.
 
     `reduce_range=None` chooses by CPU: 7-bit weights on x86 without VNNI, where u8 x s8
     multiply-adds can saturate; full range elsewhere. The choice is recorded in the manifest.
-    With `fallback` (int8), settings that fail the gate give way to more faithful ones (see
-    `_int8_with_fallback`); every attempt's figure is recorded.
+    With `fallback` (int8), settings give way to more faithful ones until one reaches the
+    selection bound on calibration (see `_int8_search`); every attempt is recorded, the accepted
+    one marked. `int8_method` is the conversion searched over, an `Int8Method` or the name of one
+    in `INT8_METHODS` (default "per-token": activations quantized per token, so a vector does not
+    depend on its batch; "dynamic": onnxruntime's `quantize_dynamic`, one scale per batch).
     """
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if int8_method not in INT8_METHODS:
-        raise InputError(f"int8_method must be one of {INT8_METHODS}, got {int8_method!r}")
+    if isinstance(int8_method, str):
+        if int8_method not in INT8_METHODS:
+            raise InputError(f"int8_method must be one of {tuple(INT8_METHODS)}, got {int8_method!r}")
+        int8_method = INT8_METHODS[int8_method]
     if not 0.0 < min_cosine <= 1.0:
         raise InputError(f"min_cosine must be in (0, 1], got {min_cosine}")
     manifest = load_manifest(src)
@@ -82,14 +185,19 @@ def quantize_bundle(
                 f"{src}: graph {g.file} holds {size / 2**30:.1f} GiB; graphs past 2 GiB (protobuf's "
                 "limit) cannot be quantized by this version yet"
             )
-    pairs = list(calibration) if calibration is not None else calibration_pairs()
-    label = "built-in" if calibration is None else "user"
+    cal_pairs = list(calibration) if calibration is not None else calibration_pairs()
+    held_pairs = list(heldout) if heldout is not None else heldout_pairs()
+    sources = {
+        "calibration": "built-in" if calibration is None else "user",
+        "held-out": "built-in" if heldout is None else "user",
+    }
     reference = Embedder(src)  # loaded now: `out` may replace `src`
-
+    ref_cal = reference_outputs(reference, cal_pairs, "calibration")
+    select_bound = 1.0 - (1.0 - min_cosine) * SELECTION_HEADROOM
     device: Device = "cuda" if precision == "fp16" and cuda_available() else "cpu"
 
-    def stage_and_gate(record: dict[str, Any], graphs_dir: Path) -> tuple[Manifest, GateFigures]:
-        """Stage a bundle from the converted graphs and measure it against the source."""
+    def stage(record: dict[str, Any], graphs_dir: Path, name: str) -> tuple[Manifest, PartFigures]:
+        """Stage a bundle from the converted graphs in work/name; its calibration figures."""
         record["source_validation"] = dict(manifest.validation)
         graphs = {
             role: dataclasses.replace(g, data=_data_file(graphs_dir, g.file))
@@ -103,38 +211,44 @@ def quantize_bundle(
             validation={},
             files={},
         )
-        stage = work / "staged"
-        shutil.rmtree(stage, ignore_errors=True)  # an earlier attempt's
+        stage_dir = work / name
+        shutil.rmtree(stage_dir, ignore_errors=True)
         staged = write_bundle(
-            stage, staged_manifest, lambda d: _copy_graphs(graphs_dir, d, root, manifest, staged_manifest)
+            stage_dir, staged_manifest, lambda d: _copy_graphs(graphs_dir, d, root, manifest, staged_manifest)
         )
-        candidate = Embedder(stage, device=device, verify=False)
-        return staged, compare(reference, candidate, pairs, bound=min_cosine, calibration=label)
+        candidate = Embedder(stage_dir, device=device, verify=False)
+        return staged, measure(ref_cal, candidate, "calibration", sources["calibration"], min_cosine)
 
     with staging(out, "quantize") as work:
         if precision == "int8":
-            staged, figures = _int8_with_fallback(
-                root,
-                manifest,
-                work,
-                reference,
-                pairs,
-                reduce_range,
-                per_channel,
-                fallback,
-                stage_and_gate,
-                int8_method,
-            )
+            name, staged, cal = _int8_search(
+                root, manifest, work, reference, cal_pairs, reduce_range, per_channel, fallback,
+                select_bound, int8_method, stage,
+            )  # fmt: skip
         else:
-            staged, figures = stage_and_gate(_to_fp16(root, manifest, work, reference, pairs), work)
+            name = "staged"
+            staged, cal = stage(_to_fp16(root, manifest, work, reference, cal_pairs), work, name)
+        # Measured once, on the accepted setting only: the held-out part never chooses.
+        ref_held = reference_outputs(reference, held_pairs, "held-out")
+        candidate = Embedder(work / name, device=device, verify=False)
+        held = measure(ref_held, candidate, "held-out", sources["held-out"], min_cosine)
+        del candidate
+        figures = GateFigures(calibration=cal, heldout=held, bound=min_cosine)
+        record = dict(staged.options["quantization"])
+        record["selection_bound"] = select_bound
         if not figures.passed:
-            attempts = staged.options["quantization"].get("attempts")
+            attempts = record.get("attempts")
             raise QuantizationRefused(
-                f"{precision} bundle refused: {figures.summary()}; worst text {figures.worst_text!r}"
-                + (f"; earlier attempts: {attempts}" if attempts else "")
+                f"{precision} bundle refused: {figures.summary()}; worst held-out text {held.worst_text!r}"
+                + (f"; attempts: {attempts}" if attempts else "")
             )
-        final = dataclasses.replace(staged, validation=figures.as_json(), files={})
-        return write_bundle(out, final, lambda d: move_files(work / "staged", d), overwrite=overwrite)
+        final = dataclasses.replace(
+            staged,
+            options={**staged.options, "quantization": record},
+            validation=figures.as_json(),
+            files={},
+        )
+        return write_bundle(out, final, lambda d: move_files(work / name, d), overwrite=overwrite)
 
 
 def _count(path: Path, op_type: str) -> int:
@@ -143,118 +257,145 @@ def _count(path: Path, op_type: str) -> int:
     return sum(n.op_type == op_type for n in onnx.load(path, load_external_data=False).graph.node)
 
 
-def _int8_with_fallback(
+def _spread(pairs: Pairs, k: int) -> list[tuple[str, str]]:
+    """k pairs spread over the whole part (its categories come in runs)."""
+    step = max(1, len(pairs) // k)
+    return list(pairs[::step][:k])
+
+
+def _int8_search(
     src: Path,
     manifest: Manifest,
     work: Path,
     reference: Embedder,
-    pairs: Sequence[tuple[str, str]],
+    pairs: Pairs,
     reduce_range: bool | None,
     per_channel: bool,
     fallback: bool,
-    stage_and_gate: Any,
-    method: str = DEFAULT_INT8_METHOD,
-) -> tuple[Manifest, GateFigures]:
-    """Try int8 settings from fastest to most faithful until the gate passes: per-tensor weights,
-    per-channel weights, then per-channel with the MatMuls that lose most to int8 (measured by
-    `sensitivity.rank_matmuls`) kept in fp32, up to `MAX_FP32_FRACTION` of them."""
+    select_bound: float,
+    method: Int8Method,
+    stage: Callable[[dict[str, Any], Path, str], tuple[Manifest, PartFigures]],
+) -> tuple[str, Manifest, PartFigures]:
+    """Try int8 settings from fastest to most faithful, measuring each on calibration: per-tensor
+    weights, per-channel weights, then per-channel with the weight MatMuls of largest end-to-end
+    effect (`sensitivity.rank_end_to_end`) kept in fp32, one more each step, up to
+    `MAX_FP32_FRACTION` of them. Accept the first attempt reaching `select_bound`
+    (`gate.choose_attempt`); if none does, the best one (`gate.best_attempt`): never a setting
+    worse than an earlier one. Returns the accepted attempt's staging directory name, manifest
+    (its record lists every attempt, the accepted one marked) and calibration figures."""
     isa = cpu_features()
     chosen = isa.default_reduce_range() if reduce_range is None else bool(reduce_range)
     fused_dir = work / "fused"
     fused_dir.mkdir()
     fusion: dict[str, Any] = {}
     for role, graph in manifest.graphs.items():
-        fused, stats = fuse(src / graph.file, fused_dir / graph.file, graph, manifest.source)
-        fusion[role] = {"fused": fused, "fusions": stats}
-    if method == "per-token":
-        per_channel = True  # per-token activations always go with per-channel weights
+        path = fused_dir / graph.file
+        fused, stats = fuse(src / graph.file, path, graph, manifest.source, keep_embedding_gather=True)
+        model = onnx.load(path)
+        tables = quantize_tables(model, reduce_range=chosen, per_token=method.per_token)
+        save_graph(model, path)
+        fusion[role] = {"fused": fused, "fusions": stats, "embedding_tables": tables}
+    feeds: Feeds = reference.pipeline.graph_feeds(pairs) if method.needs_calibration_feeds else {}
+    per_channel = per_channel or method.per_token
     ladder: list[tuple[bool, int]] = [(per_channel, 0)]
     if fallback and not per_channel:
         ladder.append((True, 0))
     ranking: dict[str, list[tuple[str, float]]] = {}
     weight_matmuls = 0
     tried: list[dict[str, Any]] = []
+    results: list[tuple[Manifest, PartFigures]] = []
+    best: int | None = None  # the attempt kept on disk as the fallback choice
+    accepted: int | None = None
     step = 0
-    staged, figures = None, None
     while step < len(ladder):
         pc, n_keep = ladder[step]
         out_dir = work / f"try{step}"
         out_dir.mkdir()
-        record: dict[str, Any] = (
-            {
-                "method": "per-token (inbedder.quantize.pertoken)",
-                "weights": "int8, symmetric, per output channel",
-                "activations": "uint8 around 128, one scale per token (batch-independent)",
-                "op_types": ["MatMul", "Attention"],
-            }
-            if method == "per-token"
-            else {
-                "method": "onnxruntime.quantization.quantize_dynamic",
-                "weights": "int8 (QInt8), " + ("per-channel" if pc else "per-tensor"),
-                "activations": "uint8, dynamic per call",
-                "op_types": list(INT8_OP_TYPES),
-                "matmul_const_b_only": True,
-            }
-        )
-        record.update(
-            {
-                "reduce_range": chosen,
-                "reduce_range_source": "auto" if reduce_range is None else "user",
-                "cpu": isa.summary,
-                "graphs": {},
-            }
-        )
+        record: dict[str, Any] = {
+            "method": method.name,
+            "weights": f"{method.weights}, " + ("per-channel" if pc else "per-tensor"),
+            "activations": method.activations,
+            "op_types": list(INT8_OP_TYPES),
+            "matmul_const_b_only": True,
+            "reduce_range": chosen,
+            "reduce_range_source": "auto" if reduce_range is None else "user",
+            "cpu": isa.summary,
+            "graphs": {},
+        }
+        keep_all: list[str] = []
         for role, graph in manifest.graphs.items():
             keep = [name for name, _ in ranking.get(role, [])[:n_keep]]
-            if method == "per-token":
-                ops = quantize_int8_invariant(
-                    fused_dir / graph.file, out_dir / graph.file, reduce_range=chosen, exclude=keep
-                )
-            else:
-                ops = quantize_int8(
-                    fused_dir / graph.file,
-                    out_dir / graph.file,
-                    reduce_range=chosen,
-                    per_channel=pc,
-                    exclude=keep,
-                )
+            keep_all += keep
+            setting = Int8Setting(per_channel=pc, kept_fp32=tuple(keep), reduce_range=chosen)
+            ops = method.convert(fused_dir / graph.file, out_dir / graph.file, setting, feeds.get(role, ()))
             record["graphs"][role] = {**fusion[role], "ops": ops, "kept_fp32_nodes": keep}
-        record["attempts"] = list(tried)
-        staged, figures = stage_and_gate(record, out_dir)
-        tried.append({"per_channel": pc, "kept_fp32": n_keep, "min_cosine": round(figures.min_cosine, 6)})
+        staged, cal = stage(record, out_dir, f"staged{step}")
         shutil.rmtree(out_dir)
-        if figures.passed or not fallback:
+        results.append((staged, cal))
+        tried.append(
+            {
+                "attempt": step,
+                "per_channel": pc,
+                "kept_fp32": n_keep,
+                "kept_fp32_nodes": keep_all,
+                "calibration_min_cosine": round(cal.min_cosine, 6),
+                "calibration_p1_cosine": round(cal.p1_cosine, 6),
+                "calibration_mean_cosine": round(cal.mean_cosine, 6),
+            }
+        )
+        mins = [t["calibration_min_cosine"] for t in tried]
+        accepted = choose_attempt(mins, select_bound)
+        new_best = best_attempt(mins)
+        if best is not None and new_best != best:
+            shutil.rmtree(work / f"staged{best}")  # superseded by a better attempt
+        if new_best != step:
+            shutil.rmtree(work / f"staged{step}")  # not better than an earlier one
+        best = new_best
+        if accepted is not None or not fallback:
             break
         if step == len(ladder) - 1 and not ranking:
             # Rank once, on the fused fp32 graphs: the MatMuls with the largest local int8
             # error are candidates; their end-to-end effect orders them.
-            recorded = reference.pipeline.graph_feeds(pairs[:RANKING_TEXTS])
+            recorded = reference.pipeline.graph_feeds(_spread(pairs, RANKING_TEXTS))
             for role, graph in manifest.graphs.items():
-                feeds = recorded.get(role)
-                if feeds:
-                    local = rank_matmuls(fused_dir / graph.file, feeds, per_channel=True, reduce_range=chosen)
+                role_feeds = recorded.get(role)
+                if role_feeds:
+                    local = rank_matmuls(
+                        fused_dir / graph.file, role_feeds, per_channel=True, reduce_range=chosen
+                    )
                     weight_matmuls = max(
                         weight_matmuls, len(local) + _count(fused_dir / graph.file, "Attention")
                     )
                     ranking[role] = rank_end_to_end(
                         fused_dir / graph.file,
-                        feeds,
+                        role_feeds,
                         [name for name, _ in local[:RANKING_CANDIDATES]],
                         work,
                         per_channel=True,
                         reduce_range=chosen,
-                        per_token=method == "per-token",
+                        per_token=method.per_token,
                     )
             for n in range(1, int(weight_matmuls * MAX_FP32_FRACTION) + 1):
                 ladder.append((True, n))
         step += 1
-    assert staged is not None and figures is not None
-    return staged, figures
+    assert best is not None
+    chosen_step = accepted if accepted is not None else best
+    for t in tried:
+        t["accepted"] = t["attempt"] == chosen_step
+    staged, cal = results[chosen_step]
+    record = dict(staged.options["quantization"])
+    record["attempts"] = tried
+    record["accepted_attempt"] = chosen_step
+    record["selection"] = (
+        "first attempt with calibration min cosine >= selection_bound"
+        if accepted is not None
+        else "none reached selection_bound: the attempt with the best calibration min cosine"
+    )
+    staged = dataclasses.replace(staged, options={**staged.options, "quantization": record})
+    return f"staged{chosen_step}", staged, cal
 
 
-def _to_fp16(
-    src: Path, manifest: Manifest, work: Path, reference: Embedder, pairs: Sequence[tuple[str, str]]
-) -> dict[str, Any]:
+def _to_fp16(src: Path, manifest: Manifest, work: Path, reference: Embedder, pairs: Pairs) -> dict[str, Any]:
     record: dict[str, Any] = {
         "method": "onnxruntime.transformers.float16.convert_float_to_float16 (keep_io_types)",
         "fp32_op_types": list(FP16_FP32_OPS),

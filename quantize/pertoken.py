@@ -75,7 +75,8 @@ class _Rewriter:
         self._const("pt.axes", np.array([-1], np.int64))
 
     def _const(self, name: str, value: np.ndarray) -> str:
-        self.new_inits.append(numpy_helper.from_array(value, name))
+        if name not in self.inits:  # an earlier pass (`embedding.py`'s tied head) made it
+            self.new_inits.append(numpy_helper.from_array(value, name))
         return name
 
     def weight_vector(self, name: str) -> np.ndarray:
@@ -95,6 +96,9 @@ class _Rewriter:
         if x in self.rows:
             return [], *self.rows[x]
         p = f"{x}.rowq"
+        if f"{p}.q" in self.producer:  # quantized by an earlier pass: shared, not made twice
+            self.rows[x] = (f"{p}.q", f"{p}.scale", "pt.zp0" if shifted else "pt.zp")
+            return [], *self.rows[x]
         nodes: list[onnx.NodeProto] = []
         if shifted:
             nodes.append(helper.make_node("Add", [x, "pt.shift"], [f"{p}.pos"], name=f"{p}/shift"))

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from evalsets import SMALL  # slices of the built-in set: see evalsets.py
 
 from inbedder import Embedder, load_manifest
 
@@ -208,11 +209,11 @@ def test_quantize_feeds_the_decoder_every_pass(causal, tmp_path: Path, monkeypat
         return real(path, feeds)
 
     monkeypatch.setattr(qcore, "overflowing_nodes", spy)
-    m = quantize_bundle(root / "fst", tmp_path / "fp16", precision="fp16")
+    m = quantize_bundle(root / "fst", tmp_path / "fp16", precision="fp16", **SMALL)
     assert m.validation["passed"] and len(seen) == 1
     assert 1 in seen[0] and max(seen[0]) > 1  # cached one-token steps and prompt passes alike
     # An unreachable bound walks the whole int8 ladder: past per-channel it keeps the decoder's
     # MatMuls that int8 hurts most in fp32, which needs their ranking on the decoder's feeds.
     with pytest.raises(QuantizationRefused, match=r"'kept_fp32': 1\b"):
-        quantize_bundle(root / "fst", tmp_path / "int8", min_cosine=1.0)
+        quantize_bundle(root / "fst", tmp_path / "int8", min_cosine=1.0, **SMALL)
     assert not (tmp_path / "int8").exists()

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from evalsets import SMALL  # slices of the built-in set: see evalsets.py
 
 from inbedder import Embedder, load_manifest
 
@@ -138,7 +139,7 @@ def test_sentence_transformers_agrees(instructor_bundle: Path, instructor_dir: P
 def test_int8_through_the_gate(instructor_bundle: Path, tmp_path: Path):
     from inbedder.quantize import quantize_bundle
 
-    m = quantize_bundle(instructor_bundle, tmp_path / "int8")
+    m = quantize_bundle(instructor_bundle, tmp_path / "int8", **SMALL)
     v = m.validation
     assert m.precision == "int8" and v["passed"] and v["answers_agree"] is None
     print(f"INSTRUCTOR (tiny) int8 vs fp32: min cosine {v['min_cosine']:.5f}")  # pytest -s
@@ -159,7 +160,7 @@ def test_fp16_normal_and_overflowing(instructor_bundle: Path, instructor_dir: Pa
     from inbedder.quantize.convert import fuse, overflowing_nodes
     from inbedder.runtime.samples import calibration_pairs
 
-    m = quantize_bundle(instructor_bundle, tmp_path / "fp16", precision="fp16")
+    m = quantize_bundle(instructor_bundle, tmp_path / "fp16", precision="fp16", **SMALL)
     v = Embedder(tmp_path / "fp16").encode(TEXTS, INSTRUCTIONS)
     assert np.isfinite(v).all() and m.validation["min_cosine"] >= 0.99
 
@@ -177,5 +178,5 @@ def test_fp16_normal_and_overflowing(instructor_bundle: Path, instructor_dir: Pa
     kept = overflowing_nodes(tmp_path / "fused.onnx", feeds)
     assert any("DenseReluDense/wo/MatMul" in k for k in kept), kept
     with pytest.raises(QuantizationRefused, match="fp16 bundle refused"):
-        quantize_bundle(tmp_path / "hot32", tmp_path / "hot16", precision="fp16")
+        quantize_bundle(tmp_path / "hot32", tmp_path / "hot16", precision="fp16", **SMALL)
     assert not (tmp_path / "hot16").exists()

@@ -68,3 +68,46 @@ def test_graph_without_large_tensors_has_no_data_file(tmp_path: Path):
     path = tmp_path / "small.onnx"
     assert save_graph(helper.make_model(graph), path) is None
     assert not (tmp_path / "small.onnx.data").exists()
+
+
+def _tied_model(table: np.ndarray) -> onnx.ModelProto:
+    """An embedding lookup and a head tied to it, stored as an exporter's constant folding leaves
+    them: the table (V, H) for the Gather, a transposed copy (H, V) for the MatMul, and an
+    identical copy (V, H) for a second Gather."""
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["e"]),  # (B, S, H)
+        helper.make_node("MatMul", ["e", "table_t"], ["logits"]),  # (B, S, V)
+        helper.make_node("Gather", ["table_copy", "ids"], ["e2"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tied",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", "s", table.shape[0]]),
+            helper.make_tensor_value_info("e2", TensorProto.FLOAT, ["b", "s", table.shape[1]]),
+        ],
+        [
+            numpy_helper.from_array(table, "table"),
+            numpy_helper.from_array(np.ascontiguousarray(table.T), "table_t"),
+            numpy_helper.from_array(table.copy(), "table_copy"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_tied_weight_is_stored_once_and_gives_identical_outputs(tmp_path: Path):
+    table = np.random.default_rng(1).standard_normal((2048, 192)).astype(np.float32)  # 1.5 MiB
+    ids = np.array([[0, 5, 2047, 17]], dtype=np.int64)
+    want = ort.InferenceSession(_tied_model(table).SerializeToString()).run(None, {"ids": ids})
+
+    path = tmp_path / "model.onnx"
+    save_graph(_tied_model(table), path)
+    data = tmp_path / data_name("model.onnx")
+    assert table.nbytes <= data.stat().st_size < table.nbytes + ALIGNMENT  # once, not three times
+    stored = onnx.load(path, load_external_data=False)
+    assert "table_t" not in {i.name for i in stored.graph.initializer}
+    assert [n.op_type for n in stored.graph.node if "table_t" in n.output] == ["Transpose"]
+    got = ort.InferenceSession(str(path)).run(None, {"ids": ids})
+    for a, b in zip(want, got, strict=True):
+        assert np.array_equal(a, b)  # bit for bit: a transpose and a shared offset change no value

