@@ -187,7 +187,9 @@ def test_search_never_accepts_a_worse_setting_after_a_better_one(
     monkeypatch.setattr(core, "measure", scripted)
     seen: list[float] = []
     script[:] = [0.990, 0.994, 0.993, 0.994, 0.991, 0.9, 0.9, 0.9, 0.9, 0.9]
-    m = quantize_bundle(masked_bundle, tmp_path / "a", **SMALL)
+    m = quantize_bundle(
+        masked_bundle, tmp_path / "a", int8_method="dynamic", **SMALL
+    )  # its ladder: per-tensor first
     q = m.options["quantization"]
     assert len(q["attempts"]) == len(seen) >= 4  # walked to the end of the ladder
     assert q["accepted_attempt"] == 1 and [a["accepted"] for a in q["attempts"]].count(True) == 1
@@ -197,7 +199,7 @@ def test_search_never_accepts_a_worse_setting_after_a_better_one(
 
     seen.clear()
     script[:] = [0.990, 0.996, 0.999]
-    m = quantize_bundle(masked_bundle, tmp_path / "b", **SMALL)
+    m = quantize_bundle(masked_bundle, tmp_path / "b", int8_method="dynamic", **SMALL)
     q = m.options["quantization"]
     assert q["accepted_attempt"] == 1 and len(q["attempts"]) == 2 and len(seen) == 2
 
@@ -285,7 +287,7 @@ def test_export_with_precision_and_cli_quantize(tiny_roberta_dir: Path, tmp_path
     # The built-in evaluation set, both parts (the one tiny-model quantize here that runs it all).
     assert "int8 bundle; fidelity vs fp32 (bound 0.99 on held-out min):" in out
     assert "held-out (built-in, 896 texts): min cosine" in out and "calibration (built-in, 305 texts)" in out
-    assert "accepted attempt 1 of 1: per-tensor weights, 0 MatMuls kept fp32" in out
+    assert "accepted attempt 1 of 1: per-channel weights, 0 MatMuls kept fp32" in out
     assert load_manifest(tmp_path / "b").precision == "int8"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temporary leftovers
 
