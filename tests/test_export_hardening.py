@@ -26,7 +26,8 @@ def _interrupt_quantization(monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(*a, **kw):
         raise KeyboardInterrupt  # Ctrl-C (or SIGTERM through the CLI) while quantizing
 
-    monkeypatch.setattr(qcore, "quantize_int8", interrupted)
+    monkeypatch.setattr(qcore, "quantize_int8", interrupted)  # --int8-method dynamic
+    monkeypatch.setattr(qcore, "quantize_int8_invariant", interrupted)  # per-token (the default)
 
 
 # -- item 2 ---------------------------------------------------------------------------------------

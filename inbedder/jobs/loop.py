@@ -416,8 +416,12 @@ class _InProcess:
     def __init__(self, spec: JobSpec, bundle_dir: Path, on_batch: Callable[[int], object]):
         from inbedder.runtime import Embedder
 
-        self.emb = Embedder(  # type: ignore[arg-type]  # device: a CLI string, checked by Embedder
-            bundle_dir, device=spec.device, threads=spec.threads, verify=spec.verify, spinning=spec.spinning
+        self.emb = Embedder(
+            bundle_dir,
+            device=spec.device,  # type: ignore[arg-type]  # a CLI string: Embedder checks it
+            threads=spec.threads,
+            verify=spec.verify,  # type: ignore[arg-type]  # likewise
+            spinning=spec.spinning,
         )
         self.on_batch = on_batch
 
