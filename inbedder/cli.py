@@ -15,25 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from inbedder.errors import InbedderError, InputError
+from inbedder.errors import InbedderError
 from inbedder.runtime.bundle import Manifest
-
-
-def _split_lines(data: bytes | str, source: str) -> list[str]:
-    """Lines split on "\\n" only (one trailing "\\r" stripped); every other separator (U+2028,
-    U+0085, form feed, a lone "\\r") stays inside its line. Invalid UTF-8 names its line."""
-    if isinstance(data, bytes):
-        try:
-            text = data.decode("utf-8-sig")  # a leading UTF-8 BOM is not part of the first text
-        except UnicodeDecodeError as e:
-            line = data.count(b"\n", 0, e.start) + 1
-            raise InputError(f"{source}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    else:
-        text = data.removeprefix("\ufeff")
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the final line end
-    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
 
 
 def _read_texts(path: Path) -> tuple[list[str], list[str | None] | None]:
@@ -47,12 +30,6 @@ def _read_texts(path: Path) -> tuple[list[str], list[str | None] | None]:
     ]
     instructions = [r[1] for r in recs]
     return [r[0] for r in recs], (None if all(i is None for i in instructions) else instructions)
-
-
-def _blank(line: str) -> bool:
-    """A line with nothing to embed: empty, or spaces and tabs only (any other character, U+2028
-    or a form feed among them, is content)."""
-    return not line.strip(" \t")
 
 
 def _extra(module: str, extra: str, command: str) -> None:

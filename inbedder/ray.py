@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 
 from inbedder.errors import BundleError, InputError
-
-MANIFEST = "inbedder.json"
-POINTER = "inbedder.current"
+from inbedder.runtime.bundle import MANIFEST_NAME as MANIFEST
+from inbedder.runtime.bundle import POINTER_NAME as POINTER
 
 
 def _require_ray() -> Any:
@@ -165,20 +164,16 @@ def _fetch(source: BundleSource, into: Path) -> None:
 
 
 def _intact(root: Path, source: BundleSource) -> bool:
-    """Every file present with the manifest's sha256 (and the manifest the one asked for)."""
+    """The manifest is the one asked for and every file passes the runtime's own checks against
+    it (`load_manifest`: names, sizes, sha256 — with the copy's verified-stamp, a copy already
+    checked whole is not hashed again by the node's next actor)."""
+    from inbedder.runtime.bundle import load_manifest
+
     try:
-        manifest_bytes = (root / MANIFEST).read_bytes()
-        if hashlib.sha256(manifest_bytes).hexdigest() != source.key:
+        if hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest() != source.key:
             return False
-        files = json.loads(manifest_bytes)["files"]
-        for name, rec in files.items():
-            h = hashlib.sha256()
-            with open(root / name, "rb") as f:
-                while block := f.read(1 << 22):
-                    h.update(block)
-            if h.hexdigest() != rec.get("sha256"):
-                return False
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        load_manifest(root, verify="stamp")
+    except (OSError, BundleError):
         return False
     return True
 

@@ -281,9 +281,10 @@ def test_cli_lines_stdin_and_single_instruction(bundles, build: Path, tmp_path: 
         input=text.encode(), capture_output=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    from inbedder.cli import _blank, _split_lines  # the Python CLI's reading rules
+    from inbedder.cli import _read_texts  # the Python CLI's reading rules (inbedder.jobs.readers)
 
-    lines = [ln for ln in _split_lines(text, "<stdin>") if not _blank(ln)]
+    (tmp_path / "in.txt").write_bytes(text.encode())
+    lines, _ = _read_texts(tmp_path / "in.txt")
     assert len(lines) == 3  # the blank line is skipped, the CRLF's \r stripped
     want, answers = Embedder(bundle).encode(lines, "What?", return_answers=True)
     assert np.abs(np.load(tmp_path / "o.npy") - want).max() <= TOL
