@@ -53,7 +53,7 @@ void postprocess(std::vector<float>& emb, std::size_t dim, const std::vector<std
 
 class Embedder {
  public:
-  // device: "cpu" | "cuda" | "auto"; threads 0 = ONNX Runtime's default.
+  // device: "cpu" | "cuda" | "auto"; threads 0 = the cores this process may use.
   Embedder(const std::string& bundle_dir, const std::string& device, int threads, bool verify);
 
   std::size_t dim() const { return std::size_t(manifest_.embedding_dim); }

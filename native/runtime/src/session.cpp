@@ -1,9 +1,14 @@
 // Session options match runtime/session.py: all graph optimizations, weights through the
-// device allocator (not the arena), intra-op threads if asked (inter-op 1), and on CPU the
+// device allocator (not the arena), the thread pool as ThreadOptions' defaults (intra-op threads
+// = the cores this process may use unless asked, inter-op 1, no spinning), and on CPU the
 // manifest's cpu_disabled_optimizers (the fusions the quantizer left out for CPU on purpose).
 #include "session.hpp"
 
+#include <sched.h>
+
+#include <algorithm>
 #include <mutex>
+#include <thread>
 
 namespace inbedder {
 namespace {
@@ -31,6 +36,13 @@ std::string available_providers() {
 
 }  // namespace
 
+int available_cores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1, int(std::thread::hardware_concurrency()));
+}
+
 Ort::Env& ort_env() {
   static Ort::Env env(ORT_LOGGING_LEVEL_ERROR, "inbedder");
   return env;
@@ -55,10 +67,14 @@ std::unique_ptr<Ort::Session> make_session(const std::string& path, const GraphS
   Ort::SessionOptions opts;
   opts.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
   opts.AddConfigEntry("session.use_device_allocator_for_initializers", "1");
-  if (threads > 0) {
-    opts.SetIntraOpNumThreads(threads);
-    opts.SetInterOpNumThreads(1);
-  }
+  opts.SetIntraOpNumThreads(threads > 0 ? threads : available_cores());
+  opts.SetInterOpNumThreads(1);  // sequential execution: the inter-op pool is not used
+  // Idle pool threads sleep instead of busy-waiting (Python's ThreadOptions.spinning=False): a
+  // spinning pool burns the cores other processes need and, when one of its cores is taken,
+  // waits on a preempted spinner (README, "Thread pool: spinning"; natively 1.5x the CPU per
+  // text and 0.66x the speed of the Python runtime before this, bench/native.py).
+  opts.AddConfigEntry("session.intra_op.allow_spinning", "0");
+  opts.AddConfigEntry("session.inter_op.allow_spinning", "0");
   if (device == "cuda") {
     std::string why = append_cuda(opts);
     if (!why.empty())

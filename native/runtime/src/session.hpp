@@ -18,7 +18,10 @@ Ort::Env& ort_env();
 // "cpu" | "cuda" | "auto" -> "cpu" | "cuda"; throws ValueError / DeviceError (ORT's reason).
 std::string resolve_device(const std::string& device);
 
-// One session for graph file `path` on the resolved device; threads 0 = ORT's default.
+// The logical CPUs this process may run on (its affinity mask), as runtime/session.py's.
+int available_cores();
+
+// One session for graph file `path` on the resolved device; threads 0 = available_cores().
 std::unique_ptr<Ort::Session> make_session(const std::string& path, const GraphSpec& spec,
                                            const std::string& device, int threads);
 

@@ -79,7 +79,8 @@ INBEDDER_API const char* inbedder_last_error(void);
 /* -- options ------------------------------------------------------------------------------
  * Names (an unknown name is INBEDDER_ERR_UNKNOWN_OPTION naming it):
  *   open:   "device" (string "cpu" | "cuda" | "auto", default "cpu"),
- *           "threads" (int >= 0, intra-op threads; 0 = ONNX Runtime's default),
+ *           "threads" (int >= 0, intra-op threads; 0 = the cores this process may use, its
+ *           affinity mask; idle pool threads sleep, as the Python runtime's default),
  *           "verify" (int 0/1, check every file's sha256 at open; default 1)
  *   encode: "batch_size" (int >= 1, default 32), "truncation" (string "input" | "reference"),
  *           "normalize" (int 0/1: L2-normalise after the bundle's post-processing),
