@@ -185,7 +185,10 @@ def background(load: str) -> Iterator[None]:
     if load == "quiet":
         yield
         return
-    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    # The loop ends by itself when this process dies (it polls its parent): a benchmark killed
+    # mid-run must not leave a core busy for the next one (seen: it spoilt a whole "quiet" run).
+    loop = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass\n"
+    proc = subprocess.Popen([sys.executable, "-c", loop])
     try:
         time.sleep(0.2)  # running before the worker starts
         yield
