@@ -71,8 +71,8 @@ std::unique_ptr<Ort::Session> make_session(const std::string& path, const GraphS
   opts.SetInterOpNumThreads(1);  // sequential execution: the inter-op pool is not used
   // Idle pool threads sleep instead of busy-waiting (Python's ThreadOptions.spinning=False): a
   // spinning pool burns the cores other processes need and, when one of its cores is taken,
-  // waits on a preempted spinner (README, "Thread pool: spinning"; natively 1.5x the CPU per
-  // text and 0.66x the speed of the Python runtime before this, bench/native.py).
+  // waits on a preempted spinner (README, "Thread pool: spinning"; with one core busy the native
+  // runtime spun at 1.5x the CPU per text and 0.66x the Python runtime's speed, bench/native.py).
   opts.AddConfigEntry("session.intra_op.allow_spinning", "0");
   opts.AddConfigEntry("session.inter_op.allow_spinning", "0");
   if (device == "cuda") {
