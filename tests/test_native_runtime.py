@@ -721,3 +721,97 @@ def test_manifest_paths_stay_inside_the_bundle(bundles, build: Path, tmp_path: P
         assert (
             got == f"{d / 'inbedder.json'}: file {name!r} is not a relative path inside the bundle directory"
         )
+
+
+# -- the verified-stamp: one file, read and written by both runtimes -----------------------------
+def _native_load(build: Path, bundle: Path, mode: str = "stamp") -> tuple[str, list[str]]:
+    """(the internal tool's verdict, the files it hashed whole) for one native load."""
+    tool = build / "native" / "runtime" / "tests" / "inbedder_internal_tool"
+    done = subprocess.run([str(tool), "manifest", str(bundle), mode], capture_output=True, text=True)
+    hashed = [ln.split(" ", 1)[1] for ln in done.stderr.splitlines() if ln.startswith("hashed ")]
+    return done.stdout.strip(), sorted(hashed)
+
+
+def _settled(d: Path) -> None:
+    """Wait out the stamp's 3 s racy window after d's files were written (a ctime cannot be set
+    back, so files written just now are never stamped)."""
+    import time
+
+    time.sleep(3.2)
+
+
+def test_stamp_shared_between_runtimes(bundles, build: Path, tmp_path: Path):
+    from inbedder.runtime.stamp import STAMP_NAME, read_stamp
+
+    d = tmp_path / "b"
+    shutil.copytree(bundles("masked"), d, ignore=shutil.ignore_patterns(STAMP_NAME))
+    graphs = ["model.onnx", "model.onnx.data"]
+    _settled(d)
+    # Native writes the stamp; Python reads it as its own (every file, the same entries).
+    assert _native_load(build, d) == ("ok", graphs)
+    native_stamp = read_stamp(d)
+    assert set(native_stamp) == {*graphs, "tokenizer.json"}
+    assert _native_load(build, d) == ("ok", [])  # its own stamp: nothing hashed
+    load_manifest(d)
+    assert read_stamp(d) == native_stamp  # Python's open agrees: nothing to rewrite
+    # Python writes the stamp; native trusts it (nothing hashed).
+    (d / STAMP_NAME).unlink()
+    load_manifest(d)
+    assert set(read_stamp(d)) == {*graphs, "tokenizer.json"}
+    assert _native_load(build, d) == ("ok", [])
+    # "full" hashes whatever the stamp says; "none" hashes nothing and keeps no stamp.
+    assert _native_load(build, d, "full") == ("ok", graphs)
+    assert _native_load(build, d, "none") == ("ok", [])
+    # An entry whose sha256 is not the manifest's is not trusted: that file is hashed (and the
+    # stamp rewritten with the right one).
+    raw = json.loads((d / STAMP_NAME).read_text())
+    raw["files"]["model.onnx"]["sha256"] = "0" * 64
+    (d / STAMP_NAME).write_text(json.dumps(raw))
+    assert _native_load(build, d) == ("ok", ["model.onnx"])
+    assert read_stamp(d)["model.onnx"]["sha256"] != "0" * 64
+    # Garbage, an unknown version, a link: hash everything, never an error.
+    for bad in ("{not json", json.dumps({**raw, "version": 2}), "[1]", "\ufeff" + json.dumps(raw)):
+        (d / STAMP_NAME).write_text(bad, encoding="utf-8")
+        assert _native_load(build, d) == ("ok", graphs), bad[:20]
+    # A byte changed with its mtime restored: ctime moved, so it is hashed, and caught.
+    load_manifest(d)
+    data = d / "model.onnx.data"
+    st = data.stat()
+    with open(data, "r+b") as f:
+        f.seek(st.st_size // 2)
+        b = f.read(1)
+        f.seek(st.st_size // 2)
+        f.write(bytes([b[0] ^ 0xFF]))
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
+    got, hashed = _native_load(build, d)
+    assert got == f"{data}: sha256 differs from the manifest (changed or corrupted file)"
+    assert hashed == ["model.onnx.data"]
+
+
+def test_stamp_not_written_read_only(bundles, build: Path, tmp_path: Path):
+    """A bundle directory that cannot be written: the open goes on, silently, hashing in full."""
+    from inbedder.runtime.stamp import STAMP_NAME
+
+    d = tmp_path / "ro"
+    shutil.copytree(bundles("masked"), d, ignore=shutil.ignore_patterns(STAMP_NAME))
+    _settled(d)
+    d.chmod(0o555)
+    try:
+        if os.access(d, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root)")
+        assert _native_load(build, d) == ("ok", ["model.onnx", "model.onnx.data"])
+        assert not (d / STAMP_NAME).exists() and not list(d.glob(".inbedder-verified*"))
+    finally:
+        d.chmod(0o755)
+
+
+def test_embed_tool_verify_flag(bundles, build: Path, tmp_path: Path):
+    for mode in ("stamp", "full", "none"):
+        vecs, _ = run_native(
+            build, bundles("masked"), tmp_path / mode, ["ok"], ["What?"], False, "--verify", mode
+        )
+        assert vecs.shape[0] == 1
+    done = subprocess.run(
+        [str(_embed_tool(build)), "-m", "x", "-o", "y", "--verify", "fast"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "--verify" in done.stderr

@@ -316,7 +316,7 @@ bool inside(const std::string& real_root, const std::string& target) {
           (real_root == "/" || target[real_root.size()] == '/'));
 }
 
-Bundle read_checked(const std::string& root, bool verify) {
+Bundle read_checked(const std::string& root, Verify verify) {
   const std::string mpath = pure_path(root + "/" + kManifestName);
   struct stat mst;
   if (::lstat(mpath.c_str(), &mst) != 0)
@@ -382,6 +382,7 @@ Bundle read_checked(const std::string& root, bool verify) {
                         "; bundle files must be regular files");
   }
   Bundle b;
+  std::map<std::string, struct stat> stats;
   for (const auto& [name, rec] : m.files) {
     const std::string path = pure_path(root + "/" + name);
     struct stat st;
@@ -391,26 +392,48 @@ Bundle read_checked(const std::string& root, bool verify) {
       throw BundleError(path + ": size " + std::to_string(st.st_size) +
                         " differs from the manifest's " + py_repr(rec.bytes_json) +
                         " (changed or truncated file)");
+    stats[name] = st;
+  }
+  // verify "stamp": a file whose stamp entry still matches (stamp.hpp) is not hashed again.
+  const Stamp stamp = verify == Verify::Stamp ? read_stamp(root) : Stamp{};
+  const int64_t started = now_ns();
+  Stamp entries;
+  const std::string bad_sum = ": sha256 differs from the manifest (changed or corrupted file)";
+  for (const auto& [name, rec] : m.files) {
+    const std::string path = pure_path(root + "/" + name);
+    const struct stat& st = stats[name];
+    const std::string want = rec.sha256 ? *rec.sha256 : std::string();
+    auto s = stamp.find(name);
+    const bool known = rec.sha256 && s != stamp.end() && s->second == stamp_entry(want, st);
+    if (known) entries[name] = s->second;
     if (name == m.tokenizer_file) {  // read once: what is hashed is what gets parsed
-      std::ifstream tf(path, std::ios::binary);
-      b.tokenizer_json.assign(std::istreambuf_iterator<char>(tf), std::istreambuf_iterator<char>());
-      if (b.tokenizer_json.size() != *rec.bytes ||
-          (verify && (!rec.sha256 ||
-                      sha256_hex(b.tokenizer_json.data(), b.tokenizer_json.size()) != *rec.sha256)))
-        throw BundleError(path + ": sha256 differs from the manifest (changed or corrupted file)");
-      continue;
-    }
-    if (verify) {
-      std::string digest;
+      struct stat after;
       try {
-        digest = sha256_file(path);
+        b.tokenizer_json = read_file(path, *rec.bytes + 1, &after);
       } catch (const std::exception& e) {
         throw BundleError(e.what());
       }
-      if (!rec.sha256 || digest != *rec.sha256)
-        throw BundleError(path + ": sha256 differs from the manifest (changed or corrupted file)");
+      // Always hashed (a few MB): the bytes parsed are the bytes checked, stamp or not.
+      if (b.tokenizer_json.size() != *rec.bytes ||
+          (verify != Verify::None &&
+           sha256_hex(b.tokenizer_json.data(), b.tokenizer_json.size()) != want))
+        throw BundleError(path + bad_sum);
+      if (verify != Verify::None && stampable(st, after, started))
+        entries[name] = stamp_entry(want, st);
+    } else if (verify != Verify::None && !known) {
+      struct stat after;
+      std::string digest;
+      try {
+        digest = sha256_file(path, &after);
+      } catch (const std::exception& e) {
+        throw BundleError(e.what());
+      }
+      if (hash_observer()) hash_observer()(name);
+      if (!rec.sha256 || digest != want) throw BundleError(path + bad_sum);
+      if (stampable(st, after, started)) entries[name] = stamp_entry(want, st);
     }
   }
+  if (verify != Verify::None && entries != stamp) write_stamp(root, entries);  // all matched
   b.root = root;
   b.manifest = std::move(m);
   return b;
@@ -418,7 +441,7 @@ Bundle read_checked(const std::string& root, bool verify) {
 
 }  // namespace
 
-void load_bundle(const std::string& bundle_dir, bool verify,
+void load_bundle(const std::string& bundle_dir, Verify verify,
                  const std::function<void(const Bundle&)>& build) {
   const std::string top = pure_path(bundle_dir);
   std::error_code ec;
@@ -440,7 +463,7 @@ void load_bundle(const std::string& bundle_dir, bool verify,
                     " times while loading");
 }
 
-Manifest load_manifest(const std::string& bundle_dir, bool verify) {
+Manifest load_manifest(const std::string& bundle_dir, Verify verify) {
   Manifest m;
   load_bundle(bundle_dir, verify, [&](const Bundle& b) { m = b.manifest; });
   return m;

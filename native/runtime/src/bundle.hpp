@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "stamp.hpp"
+
 namespace inbedder {
 
 inline constexpr const char* kManifestName = "inbedder.json";
@@ -103,13 +105,15 @@ struct Bundle {
 // As runtime/bundle.py's load_bundle: a plain bundle directory, or a versioned one (a pointer file
 // "inbedder.current" naming a "v-..." sub-directory). Checks one complete version (every listed
 // file a regular file inside it, no symbolic link leaving it or standing for a listed file,
-// sizes, and with `verify` each sha256) and runs build(bundle) while holding a shared flock on
+// sizes, and per `verify` each sha256: "stamp" skips a file whose verified-stamp entry still
+// matches (stamp.hpp; the tokenizer is always hashed), "full" hashes all, "none" none; the
+// first two write the stamp after a load in which every file matched) and runs build(bundle) while holding a shared flock on
 // that version's directory, so a replace cannot remove it meanwhile; when the pointer moved
 // while reading, starts again on the new version (50 attempts). Throws BundleError.
-void load_bundle(const std::string& bundle_dir, bool verify,
+void load_bundle(const std::string& bundle_dir, Verify verify,
                  const std::function<void(const Bundle&)>& build);
 
 // Reads and checks the bundle's manifest (load_bundle without a build step).
-Manifest load_manifest(const std::string& bundle_dir, bool verify = true);
+Manifest load_manifest(const std::string& bundle_dir, Verify verify = Verify::Stamp);
 
 }  // namespace inbedder

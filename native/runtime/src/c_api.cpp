@@ -119,6 +119,20 @@ std::string get_str(const inbedder_options* o, const char* name, const char* dfl
   return it == o->values.end() ? dflt : std::get<std::string>(it->second);
 }
 
+// "verify": a string "stamp" | "full" | "none", or an int 1 ("stamp", the default) / 0 ("none"),
+// as the Python runtime's verify=True / False.
+inbedder::Verify verify_of(const inbedder_options* o) {
+  if (!o) return inbedder::Verify::Stamp;
+  auto it = o->values.find("verify");
+  if (it == o->values.end()) return inbedder::Verify::Stamp;
+  if (const auto* s = std::get_if<std::string>(&it->second)) return inbedder::verify_mode(*s);
+  long long v = std::get<long long>(it->second);
+  if (v != 0 && v != 1)
+    throw ValueError("verify must be one of ['stamp', 'full', 'none'] (or 1 / 0), got " +
+                     std::to_string(v));
+  return v ? inbedder::Verify::Stamp : inbedder::Verify::None;
+}
+
 inbedder::EncodeParams params_of(const inbedder_options* o) {
   check_kind(o, Kind::Encode);
   inbedder::EncodeParams p;
@@ -192,7 +206,7 @@ inbedder_status inbedder_options_set_string(inbedder_options* options, const cha
     if (!info)
       return fail(INBEDDER_ERR_UNKNOWN_OPTION,
                   "unknown option '" + std::string(name) + "' (known: " + known_names() + ")");
-    if (!info->is_string)
+    if (!info->is_string && std::strcmp(name, "verify") != 0)  // verify takes both
       return fail(INBEDDER_ERR_INVALID_ARGUMENT,
                   "option '" + std::string(name) + "' takes an int (inbedder_options_set_int)");
     options->values[name] = std::string(value);
@@ -208,7 +222,7 @@ inbedder_status inbedder_options_set_int(inbedder_options* options, const char* 
     if (!info)
       return fail(INBEDDER_ERR_UNKNOWN_OPTION,
                   "unknown option '" + std::string(name) + "' (known: " + known_names() + ")");
-    if (info->is_string)
+    if (info->is_string && std::strcmp(name, "verify") != 0)
       return fail(
           INBEDDER_ERR_INVALID_ARGUMENT,
           "option '" + std::string(name) + "' takes a string (inbedder_options_set_string)");
@@ -242,9 +256,8 @@ inbedder_status inbedder_model_open(const char* bundle_dir, const inbedder_optio
           INBEDDER_ERR_INVALID_ARGUMENT,
           "threads must be 0 (the default) or a positive int, got " + std::to_string(threads));
     auto m = std::make_unique<inbedder_model>();
-    m->embedder =
-        std::make_unique<inbedder::Embedder>(bundle_dir, get_str(options, "device", "cpu"),
-                                             int(threads), get_int(options, "verify", 1) != 0);
+    m->embedder = std::make_unique<inbedder::Embedder>(
+        bundle_dir, get_str(options, "device", "cpu"), int(threads), verify_of(options));
     *out = m.release();
     return INBEDDER_OK;
   });

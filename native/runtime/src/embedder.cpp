@@ -108,7 +108,7 @@ QuantizedOutput quantize_output(const std::vector<float>& emb, std::size_t dim,
 }
 
 Embedder::Embedder(const std::string& bundle_dir, const std::string& device, int threads,
-                   bool verify)
+                   Verify verify)
     : device_(resolve_device(device)) {
   if (threads < 0) throw ValueError("threads must be a positive int or 0 (the default)");
   // Built while this version of the bundle is locked: every file comes from it.

@@ -1,6 +1,11 @@
 // SHA-256 after FIPS 180-4, section 6.2: 64-byte blocks, big-endian words, length padding.
 #include "sha256.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -184,6 +189,59 @@ std::string sha256_file(const std::string& path) {
   while ((n = std::fread(buf.data(), 1, buf.size(), f.get())) > 0) h.update(buf.data(), n);
   if (std::ferror(f.get())) throw std::runtime_error(path + ": read error");
   return h.hexdigest();
+}
+
+namespace {
+int open_nofollow(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error(path + ": cannot read");
+  return fd;
+}
+}  // namespace
+
+std::string sha256_file(const std::string& path, struct stat* after) {
+  int fd = open_nofollow(path);
+  std::vector<uint8_t> buf(1 << 16);  // 64 KiB, as above
+  Sha256 h;
+  for (;;) {
+    ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      ::close(fd);
+      throw std::runtime_error(path + ": read error");
+    }
+    if (n == 0) break;
+    h.update(buf.data(), std::size_t(n));
+  }
+  int rc = ::fstat(fd, after);
+  ::close(fd);
+  if (rc != 0) throw std::runtime_error(path + ": cannot stat");
+  return h.hexdigest();
+}
+
+std::string read_file(const std::string& path, std::size_t limit, struct stat* after) {
+  int fd = open_nofollow(path);
+  std::string out;
+  char buf[1 << 16];
+  while (out.size() < limit) {
+    ssize_t n = ::read(fd, buf, std::min(sizeof buf, limit - out.size()));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      ::close(fd);
+      throw std::runtime_error(path + ": read error");
+    }
+    if (n == 0) break;
+    out.append(buf, std::size_t(n));
+  }
+  int rc = ::fstat(fd, after);
+  ::close(fd);
+  if (rc != 0) throw std::runtime_error(path + ": cannot stat");
+  return out;
+}
+
+std::function<void(const std::string&)>& hash_observer() {
+  static std::function<void(const std::string&)> f;
+  return f;
 }
 
 }  // namespace inbedder

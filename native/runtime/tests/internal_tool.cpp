@@ -24,7 +24,13 @@ int main(int argc, char** argv) {
   }
   if ((argc == 3 || argc == 4) && std::strcmp(argv[1], "manifest") == 0) {
     try {
-      inbedder::load_manifest(argv[2], argc == 3 || std::strcmp(argv[3], "0") != 0);
+      // mode: 1 / stamp (default), 0 / none, full; the files hashed whole go to stderr.
+      std::string mode = argc == 3 ? "stamp" : argv[3];
+      mode = mode == "1" ? "stamp" : mode == "0" ? "none" : mode;
+      inbedder::hash_observer() = [](const std::string& name) {
+        std::fprintf(stderr, "hashed %s\n", name.c_str());
+      };
+      inbedder::load_manifest(argv[2], inbedder::verify_mode(mode));
       std::printf("ok\n");
     } catch (const inbedder::BundleError& e) {
       std::printf("%s\n", e.what());

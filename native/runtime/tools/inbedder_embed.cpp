@@ -26,12 +26,13 @@ const char* kUsage =
     "usage: inbedder-embed -m MODEL -o OUTPUT [-i INSTRUCTION] [--answers JSONL]\n"
     "                      [--format {auto,lines,jsonl}] [--batch-size N] [--normalize]\n"
     "                      [--truncation {input,reference}] [--device {cpu,cuda,auto}]\n"
+    "                      [--verify {stamp,full,none}]\n"
     "                      [--precision {float32,float16,int8,uint8,binary,ubinary}]\n"
     "                      [--threads N] [--decode-steps K] [--max-new-tokens N] [-q] [input]\n";
 
 struct Args {
   std::string model, output, input = "-", format = "auto", truncation = "input", device = "cpu",
-                             precision = "float32";
+                             verify = "stamp", precision = "float32";
   std::optional<std::string> instruction, answers;
   long long batch_size = 32;
   std::optional<long long> threads, decode_steps, max_new_tokens;
@@ -105,6 +106,8 @@ Args parse(int argc, char** argv) {
       a.precision = choice({"float32", "float16", "int8", "uint8", "binary", "ubinary"});
     } else if (arg == "--device") {
       a.device = choice({"cpu", "cuda", "auto"});
+    } else if (arg == "--verify") {
+      a.verify = choice({"stamp", "full", "none"});
     } else if (arg == "--threads") {
       a.threads = to_int(arg, next());
     } else if (arg == "--decode-steps") {
@@ -324,6 +327,7 @@ int main(int argc, char** argv) {
   inbedder_options* open_opts = nullptr;
   check(inbedder_options_create(&open_opts));
   check(inbedder_options_set_string(open_opts, "device", a.device.c_str()));
+  check(inbedder_options_set_string(open_opts, "verify", a.verify.c_str()));
   if (a.threads)
     check(inbedder_options_set_int(open_opts, "threads", static_cast<long>(*a.threads)));
   inbedder_model* model = nullptr;

@@ -81,7 +81,11 @@ INBEDDER_API const char* inbedder_last_error(void);
  *   open:   "device" (string "cpu" | "cuda" | "auto", default "cpu"),
  *           "threads" (int >= 0, intra-op threads; 0 = the cores this process may use, its
  *           affinity mask; idle pool threads sleep, as the Python runtime's default),
- *           "verify" (int 0/1, check every file's sha256 at open; default 1)
+ *           "verify" (how file checksums are checked at open: string "stamp" (default) |
+ *           "full" | "none", or int 1 = "stamp" / 0 = "none"; "stamp" hashes every file except
+ *           one whose entry in the bundle's verified-stamp .inbedder-verified still matches,
+ *           "full" hashes every file, "none" checks sizes only; the same stamp file and rules
+ *           as the Python runtime, README "Checksums and the verified-stamp")
  *   encode: "batch_size" (int >= 1, default 32), "truncation" (string "input" | "reference"),
  *           "normalize" (int 0/1: L2-normalise after the bundle's post-processing),
  *           "answers" (int 0/1: also return each text's answer),
