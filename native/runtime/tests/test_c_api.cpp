@@ -459,3 +459,53 @@ TEST(CApi, CppWrapperThrowsWithStatus) {
     EXPECT_NE(std::string(e.what()).find("no such bundle directory"), std::string::npos);
   }
 }
+
+// The open option "verify": "stamp" (default, int 1), "full", "none" (int 0); the stamp written
+// once every file matched, a garbage stamp only costs a full hash, a file changed after stamping
+// is caught (its ctime moved), bad values are named.
+TEST(CApi, VerifyModesAndStamp) {
+  NEED_BUNDLE(src, "INBEDDER_TEST_BUNDLE");
+  fs::path tmp = fs::temp_directory_path() / ("inbedder-verify-" + std::to_string(::getpid()));
+  fs::remove_all(tmp);
+  fs::copy(src, tmp);
+  fs::remove(tmp / ".inbedder-verified");
+  ::sleep(4);  // past the stamp's 3 s racy window for the files just copied
+  auto open_with = [&](const char* mode, long as_int) {
+    inbedder_options* o = nullptr;
+    EXPECT_EQ(inbedder_options_create(&o), INBEDDER_OK);
+    inbedder_status s = mode ? inbedder_options_set_string(o, "verify", mode)
+                             : inbedder_options_set_int(o, "verify", as_int);
+    EXPECT_EQ(s, INBEDDER_OK) << last();
+    inbedder_model* m = nullptr;
+    s = inbedder_model_open(tmp.c_str(), o, &m);
+    inbedder_model_close(m);
+    inbedder_options_destroy(o);
+    return s;
+  };
+  EXPECT_EQ(open_with("stamp", 0), INBEDDER_OK) << last();
+  EXPECT_TRUE(fs::is_regular_file(tmp / ".inbedder-verified"));
+  for (const char* mode : {"full", "none", "stamp"}) EXPECT_EQ(open_with(mode, 0), INBEDDER_OK);
+  for (long v : {0L, 1L}) EXPECT_EQ(open_with(nullptr, v), INBEDDER_OK) << last();
+  EXPECT_EQ(open_with(nullptr, 2), INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(last().find("verify must be one of"), std::string::npos) << last();
+  EXPECT_EQ(open_with("fast", 0), INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(last().find("'fast'"), std::string::npos) << last();
+  { std::ofstream(tmp / ".inbedder-verified") << "{not json"; }
+  EXPECT_EQ(open_with("stamp", 0), INBEDDER_OK) << last();
+  // A byte of the weights changed, mtime restored: caught under "stamp", skipped under "none".
+  fs::path data = tmp / "model.onnx.data";
+  auto when = fs::last_write_time(data);
+  {
+    std::fstream f(data, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(64);
+    char c = 0;
+    f.get(c);
+    f.seekp(64);
+    f.put(char(c ^ 0x5a));
+  }
+  fs::last_write_time(data, when);
+  EXPECT_EQ(open_with("stamp", 0), INBEDDER_ERR_BUNDLE);
+  EXPECT_NE(last().find("sha256 differs"), std::string::npos) << last();
+  EXPECT_EQ(open_with(nullptr, 0), INBEDDER_OK) << last();
+  fs::remove_all(tmp);
+}
