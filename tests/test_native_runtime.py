@@ -815,3 +815,18 @@ def test_embed_tool_verify_flag(bundles, build: Path, tmp_path: Path):
         [str(_embed_tool(build)), "-m", "x", "-o", "y", "--verify", "fast"], capture_output=True, text=True
     )
     assert done.returncode == 2 and "--verify" in done.stderr
+
+
+def test_max_length_below_fixed_tokens_matches_python(bundles, capi: CApi, tmp_path: Path):
+    """truncation.max_length below the prompt's fixed tokens: the same error at open natively."""
+    d = tmp_path / "short"
+    shutil.copytree(bundles("masked"), d)
+    m = json.loads((d / "inbedder.json").read_text())
+    m["truncation"]["max_length"] = 2
+    (d / "inbedder.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError) as e:
+        Embedder(d)
+    assert "fixed tokens" in str(e.value)
+    with pytest.raises(RuntimeError) as n:
+        capi.open(d)
+    assert str(n.value) == f"INBEDDER_ERR_BUNDLE: {e.value}"

@@ -97,6 +97,12 @@ Pipeline::Pipeline(const Bundle& bundle, const std::string& device, int threads)
       tokenizer_(tokenizer_of(bundle)) {
   const std::string& root = root_;
   prompts_ = std::make_unique<PromptTokenizer>(tokenizer_, manifest_.prompt, manifest_.truncation);
+  const std::size_t fixed = prompts_->fixed_tokens();
+  if (manifest_.truncation.max_length < fixed)
+    throw BundleError(pure_path(root_ + "/" + kManifestName) + ": truncation.max_length " +
+                      std::to_string(manifest_.truncation.max_length) + " is below the prompt's " +
+                      std::to_string(fixed) +
+                      " fixed tokens (template, answer slots, special tokens)");
   for (const auto& [role, g] : manifest_.graphs) {
     const std::string path = pure_path(root + "/" + g.file);
     auto session = make_session(path, g, device, threads);

@@ -133,6 +133,10 @@ PromptTokenizer::PromptTokenizer(const tok::Tokenizer& tokenizer, const PromptSp
   }
 }
 
+std::size_t PromptTokenizer::fixed_tokens() const {
+  return run(segments("", ""), &plain_).ids.size();
+}
+
 std::size_t PromptTokenizer::token_count(std::string_view text) const {
   return tok_.encode(text, &plain_).ids.size();
 }

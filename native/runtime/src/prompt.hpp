@@ -37,6 +37,9 @@ class PromptTokenizer {
  public:
   PromptTokenizer(const tok::Tokenizer& tokenizer, const PromptSpec& prompt,
                   const TruncationSpec& truncation);
+  // Tokens of the prompt with an empty text and an empty instruction (template, answer slots,
+  // special tokens): what every prompt holds.
+  std::size_t fixed_tokens() const;
   // Tokens of text alone, special tokens included, never truncated.
   std::size_t token_count(std::string_view text) const;
   // runtime/prompt.py's stand_in: for a text past 2 * 8 * (max_length + 32) characters, its head
