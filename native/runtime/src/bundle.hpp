@@ -107,9 +107,10 @@ struct Bundle {
 // file a regular file inside it, no symbolic link leaving it or standing for a listed file,
 // sizes, and per `verify` each sha256: "stamp" skips a file whose verified-stamp entry still
 // matches (stamp.hpp; the tokenizer is always hashed), "full" hashes all, "none" none; the
-// first two write the stamp after a load in which every file matched) and runs build(bundle) while holding a shared flock on
-// that version's directory, so a replace cannot remove it meanwhile; when the pointer moved
-// while reading, starts again on the new version (50 attempts). Throws BundleError.
+// first two write the stamp after a load in which every file matched) and runs build(bundle) while
+// holding a shared flock on that version's directory, so a replace cannot remove it meanwhile; when
+// the pointer moved while reading, starts again on the new version (50 attempts). Throws
+// BundleError.
 void load_bundle(const std::string& bundle_dir, Verify verify,
                  const std::function<void(const Bundle&)>& build);
 
