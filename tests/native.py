@@ -81,9 +81,13 @@ class CApi:
     def error(self) -> str:
         return self.lib.inbedder_last_error().decode("utf-8")
 
-    def open(self, bundle: Path) -> int:
+    def open(self, bundle: Path, **options: int | str) -> int:
+        """A model handle (the caller closes it); open options by name, as `options` takes them."""
         m = self.ct.c_void_p()
-        s = self.lib.inbedder_model_open(str(bundle).encode(), None, self.ct.byref(m))
+        opts = self.options(**options) if options else None
+        s = self.lib.inbedder_model_open(str(bundle).encode(), opts, self.ct.byref(m))
+        if opts:
+            self.lib.inbedder_options_destroy(opts)
         if s != 0:
             raise RuntimeError(f"{self.status_name(s)}: {self.error()}")
         return m.value

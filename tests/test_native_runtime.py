@@ -830,3 +830,205 @@ def test_max_length_below_fixed_tokens_matches_python(bundles, capi: CApi, tmp_p
     with pytest.raises(RuntimeError) as n:
         capi.open(d)
     assert str(n.value) == f"INBEDDER_ERR_BUNDLE: {e.value}"
+
+
+# -- every manifest field and family check, in the Python runtime's words -------------------------
+DROP = object()  # the field removed
+
+
+def _edit_manifest(src: Path, d: Path, path: str, value) -> None:
+    """A copy of bundle src at d with manifest field `path` ("a/b/c") set to value (or dropped)."""
+    shutil.copytree(src, d)
+    raw = json.loads((d / "inbedder.json").read_text())
+    *parents, last = path.split("/")
+    node = raw
+    for p in parents:
+        node = node[p]
+    if value is DROP:
+        del node[last]
+    else:
+        node[last] = value
+    (d / "inbedder.json").write_text(json.dumps(raw))
+
+
+_TOKENIZER_RECORD = "files/tokenizer.json"
+# (bundle kind, field path, value): each breaks one field or one family check.
+MANIFEST_FAULTS = [
+    ("masked", "format_version", True),  # a boolean is not an int (nor the version 1)
+    ("masked", "format_version", 1.5),
+    ("masked", "format_version", "1"),
+    ("masked", "format_version", None),
+    ("masked", "family", 3),
+    ("masked", "family", ""),
+    ("masked", "family", DROP),
+    ("masked", "family", "nope"),
+    ("masked", "recipe", ""),
+    ("masked", "recipe", "masked-answer-triple"),
+    ("masked", "prompt", []),
+    ("masked", "prompt/segments", "{input}"),
+    ("masked", "prompt/segments", ["{input}", 3]),
+    ("masked", "prompt/segments", []),
+    ("masked", "prompt/segments", ["no template here"]),
+    ("masked", "prompt/slot_token", 5),
+    ("masked", "prompt/slot_token", None),  # with answer slots: needs one
+    ("masked", "prompt/slot_token", "<nope>"),
+    ("masked", "prompt/answer_slots", 9),
+    ("masked", "prompt/answer_slots", -1),
+    ("masked", "prompt/answer_slots", True),
+    ("masked", "prompt/answer_slots", 0),  # the masked-lm family needs 1..8
+    ("masked", "prompt/strip", 1),
+    ("masked", "truncation", "x" * 60),  # the shown value cut to 40 characters
+    ("masked", "truncation/stride", 3),
+    ("masked", "truncation/max_length", 0),
+    ("masked", "truncation/max_length", -3),
+    ("masked", "truncation/max_length", "128"),
+    ("masked", "truncation/max_length", 1.5),
+    ("masked", "truncation/max_length", True),
+    ("masked", "truncation/max_length", DROP),
+    ("masked", "truncation/side", "middle"),
+    ("masked", "truncation/side", None),
+    ("masked", "truncation/strategy", "both"),
+    ("masked", "graphs", [{"file": "model.onnx"}]),
+    ("masked", "graphs", {}),
+    ("masked", "graphs/encoder", 3),
+    ("masked", "graphs/encoder/file", DROP),
+    ("masked", "graphs/encoder/file", "../model.onnx"),
+    ("masked", "graphs/encoder/file", ".inbedder-verified"),
+    ("masked", "graphs/encoder/data", 5),
+    ("masked", "graphs/encoder/data", "/etc/passwd"),
+    ("masked", "graphs/encoder/inputs", "input_ids"),
+    ("masked", "graphs/encoder/outputs", ["slot_states"]),
+    ("masked", "graphs/encoder/fusion", 3),
+    ("masked", "graphs/encoder/cpu_disabled_optimizers", None),
+    ("masked", "graphs/encoder/cpu_disabled_optimizers", [1]),
+    ("masked", "postprocess", ["cube"]),
+    ("masked", "postprocess", "l2"),
+    ("masked", "postprocess", [1]),
+    ("masked", "special_tokens", []),
+    ("masked", "special_tokens", {}),  # no pad
+    ("masked", "special_tokens/pad", 400),
+    ("masked", "special_tokens/mask", -1),
+    ("masked", "special_tokens/pad", True),
+    ("masked", "files", {}),
+    ("masked", "files/C:\\secret", {"sha256": "0" * 64, "bytes": 1}),
+    ("masked", _TOKENIZER_RECORD, []),
+    ("masked", f"{_TOKENIZER_RECORD}/sha256", 5),
+    ("masked", f"{_TOKENIZER_RECORD}/sha256", "AB" * 32),
+    ("masked", f"{_TOKENIZER_RECORD}/bytes", "5"),
+    ("masked", f"{_TOKENIZER_RECORD}/bytes", -1),
+    ("masked", f"{_TOKENIZER_RECORD}/bytes", True),
+    ("masked", "embedding_dim", 0),
+    ("masked", "embedding_dim", "32"),
+    ("masked", "embedding_dim", 2.0),
+    ("masked", "pooling", []),
+    ("masked", "pooling", DROP),
+    ("masked", "decode", 3),
+    ("masked", "decode/special_ids", [999]),
+    ("masked", "decode/special_ids", [True]),
+    ("masked", "decode/special_ids", "x"),
+    ("masked", "precision", "int4"),
+    ("masked", "precision", 8),
+    ("masked", "source", 3),
+    ("masked", "source/vocab_size", 300),
+    ("masked", "source/vocab_size", 0),
+    ("masked", "source/vocab_size", True),
+    ("masked", "exporter", 1),
+    ("masked", "validation", []),
+    ("masked", "options", "x"),
+    ("masked", "tokenizer_file", "/etc/hostname"),
+    ("masked", "tokenizer_file", 3),
+    ("causal-opt", "recipe", "masked-answer"),
+    ("causal-opt", "options/cache", DROP),
+    ("causal-opt", "options/cache/layers", 0),
+    ("causal-opt", "options/cache/head_dim", True),
+    ("causal-opt", "special_tokens/eos", DROP),
+    ("causal-opt", "pooling/type", "mean"),
+    ("causal-opt", "graphs/decoder/outputs", ["logits"]),
+    ("causal-opt", "graphs/decoder/inputs", ["input_ids", "attention_mask", "position_ids"]),
+    ("instructor", "recipe", "sentence-embedding"),
+    ("instructor", "pooling/pool_start", DROP),
+    ("instructor", "pooling/pool_start", {"count": "words"}),
+    ("st-noprompt", "recipe", "instructor"),
+    ("st-noprompt", "pooling/pool_start", 3),
+    ("st-noprompt", "graphs/encoder/outputs", []),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "value"), MANIFEST_FAULTS, ids=[f"{k}:{p}={v!r}"[:60] for k, p, v in MANIFEST_FAULTS]
+)
+def test_manifest_checks_match_python(kind: str, path: str, value, bundles, capi: CApi, tmp_path: Path):
+    """A manifest with one bad field or one fault a family check finds: the native open (C API)
+    fails with the Python runtime's message, word for word (path prefix included)."""
+    d = tmp_path / "b"
+    _edit_manifest(bundles(kind), d, path, value)
+    with pytest.raises(BundleError) as e:
+        Embedder(d)
+    with pytest.raises(RuntimeError) as n:
+        capi.open(d)
+    assert str(n.value) == f"INBEDDER_ERR_BUNDLE: {e.value}"
+
+
+@pytest.mark.parametrize(("path", "value"), [("format_version", 1.0), ("prompt/strip", False)])
+def test_manifest_values_both_runtimes_accept(path: str, value, bundles, capi: CApi, tmp_path: Path):
+    """Values Python's checks take (1.0 is the version 1): native opens them too."""
+    d = tmp_path / "b"
+    _edit_manifest(bundles("masked"), d, path, value)
+    Embedder(d)
+    capi.close(capi.open(d))
+
+
+# -- the spinning open option ---------------------------------------------------------------------
+def test_spinning_option(bundles, capi: CApi):
+    """spinning 0 / 1 open and give the Python runtime's vectors; other values are refused by
+    name, and a string is refused by the option's type."""
+    bundle = bundles("masked")
+    want = Embedder(bundle, threads=1).encode(["I love cats!", "ok"], "What animal?")
+    for spin in (0, 1):
+        model = capi.open(bundle, threads=1, spinning=spin)
+        try:
+            status, msg, r = capi.encode(model, ["I love cats!", "ok"], ["What animal?"])
+            assert status == "INBEDDER_OK", msg
+            assert np.abs(capi.embeddings(r) - want).max() <= TOL
+            capi.free(r)
+        finally:
+            capi.close(model)
+    for bad in (2, -1):
+        with pytest.raises(RuntimeError) as e:
+            capi.open(bundle, spinning=bad)
+        assert str(e.value) == (
+            "INBEDDER_ERR_INVALID_ARGUMENT: spinning must be 0 (the default: idle pool threads "
+            f"sleep) or 1 (they busy-wait), got {bad}"
+        )
+    with pytest.raises(RuntimeError) as e:
+        capi.options(spinning="yes")
+    assert str(e.value) == (
+        "INBEDDER_ERR_INVALID_ARGUMENT: option 'spinning' takes an int (inbedder_options_set_int)"
+    )
+
+
+def test_session_options_spinning(build: Path):
+    """The session options native builds: spinning off by default and on when asked, for the
+    intra- and inter-op pools alike (as runtime/session.py's ThreadOptions.apply)."""
+    tool = build / "native" / "runtime" / "tests" / "inbedder_internal_tool"
+    for spin, want in ((0, "0"), (1, "1")):
+        done = subprocess.run([str(tool), "session-options", str(spin)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == [
+            f"session.intra_op.allow_spinning={want}",
+            f"session.inter_op.allow_spinning={want}",
+        ]
+
+
+def test_embed_tool_spinning_flags(bundles, build: Path, tmp_path: Path):
+    """--spinning / --no-spinning, as `inbedder embed` takes them; the vectors do not change."""
+    runs = [
+        run_native(build, bundles("masked"), tmp_path / str(n), ["ok"], ["What?"], False, *flags)[0]
+        for n, flags in enumerate(([], ["--spinning"], ["--spinning", "--no-spinning"]))
+    ]
+    assert all(np.array_equal(runs[0], r) for r in runs[1:])
+    done = subprocess.run(
+        [str(_embed_tool(build)), "-m", "x", "-o", "y", "--spinning=1"], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "argument --spinning/--no-spinning: ignored explicit argument '1'" in done.stderr

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <climits>
 #include <cstdlib>
@@ -23,9 +24,10 @@ using json = nlohmann::ordered_json;
 
 namespace {
 
-// A malformed-manifest failure: Python's (KeyError | TypeError | ValueError) inside from_json.
-struct Malformed {
-  std::string kind, detail;
+// A manifest field of the wrong type, range or value (runtime/bundle.py's _FieldError; the
+// message names the field, load adds the manifest's path).
+struct FieldError {
+  std::string msg;
 };
 
 std::string py_str_repr(const std::string& s) {
@@ -53,146 +55,245 @@ std::string py_str_repr(const std::string& s) {
   return out + q;
 }
 
-// obj[key]; a missing key is "<where.key> is missing", as runtime/bundle.py says it.
-const json& at(const json& obj, const char* key, const char* where = "") {
-  if (!obj.is_object()) throw Malformed{"TypeError", "expected a JSON object, got " + py_repr(obj)};
-  auto it = obj.find(key);
-  if (it == obj.end())
-    throw Malformed{"missing", (*where ? std::string(where) + "." : std::string()) + key};
-  return *it;
-}
+// The JSON types a field may be asked to have, named as runtime/bundle.py's _KINDS.
+enum class Kind { Str, Int, Obj, List, Bool };
 
-std::string str_of(const json& v, const char* what) {
-  if (!v.is_string())
-    throw Malformed{"TypeError", std::string(what) + " must be a string, got " + py_repr(v)};
-  return v.get<std::string>();
-}
-
-int64_t int_of(const json& v, const char* what) {
-  if (v.is_number_integer() || v.is_boolean())
-    return v.is_boolean() ? v.get<bool>() : v.get<int64_t>();
-  if (v.is_number_float()) return static_cast<int64_t>(v.get<double>());
-  if (v.is_string()) {
-    const std::string s = v.get<std::string>();
-    try {
-      std::size_t used = 0;
-      long long n = std::stoll(s, &used);
-      if (used == s.size()) return n;
-    } catch (...) {
-    }
+const char* kind_name(Kind k) {
+  switch (k) {
+    case Kind::Str:
+      return "a string";
+    case Kind::Int:
+      return "an int";
+    case Kind::Obj:
+      return "an object";
+    case Kind::List:
+      return "a list";
+    case Kind::Bool:
+      return "a boolean";
   }
-  throw Malformed{"ValueError", std::string(what) + ": invalid literal for int() " + py_repr(v)};
+  return "?";
 }
 
-std::vector<std::string> strings_of(const json& v, const char* what) {
-  if (!v.is_array())
-    throw Malformed{"TypeError", std::string(what) + " must be a list, got " + py_repr(v)};
+// Python's isinstance checks on json.loads' result: a JSON integer is an int, true/false are
+// booleans and never ints, 1.0 is a float.
+bool is_kind(const json& v, Kind k) {
+  switch (k) {
+    case Kind::Str:
+      return v.is_string();
+    case Kind::Int:
+      return v.is_number_integer();
+    case Kind::Obj:
+      return v.is_object();
+    case Kind::List:
+      return v.is_array();
+    case Kind::Bool:
+      return v.is_boolean();
+  }
+  return false;
+}
+
+// runtime/bundle.py's _json_kind: what a value is, in the words of the messages.
+std::string json_kind(const json& v) {
+  if (v.is_null()) return "null";
+  if (v.is_string()) return "a string";
+  if (v.is_boolean()) return "a boolean";
+  if (v.is_number_integer()) return "an int";
+  if (v.is_object()) return "an object";
+  if (v.is_array()) return "a list";
+  return "a number";
+}
+
+// repr(v), cut to 37 characters and "..." past 40 (characters: UTF-8 code points).
+std::string shown(const json& v) {
+  const std::string r = py_repr(v);
+  std::size_t chars = 0, cut = r.size();
+  for (std::size_t i = 0; i < r.size(); ++i) {
+    if ((static_cast<unsigned char>(r[i]) & 0xC0) == 0x80) continue;  // a continuation byte
+    if (chars == 37) cut = i;
+    ++chars;
+  }
+  return chars <= 40 ? r : r.substr(0, cut) + "...";
+}
+
+std::string field_name(const std::string& where, const std::string& key) {
+  return where.empty() ? key : where + "." + key;
+}
+
+// How a field may be absent (Python's default argument of _get): not at all (missing is an
+// error, null is of the wrong type), given a default (null is of the wrong type), or given the
+// default None (missing and null alike).
+enum class Absent { Error, Default, NullOk };
+
+// d[key] checked to be of kind k, or nullptr when it is absent and may be (runtime's _get).
+const json* get(const json& d, const std::string& key, Kind k, const std::string& where,
+                Absent absent = Absent::Error) {
+  const std::string name = field_name(where, key);
+  auto it = d.find(key);
+  if (it == d.end() || (it->is_null() && absent == Absent::NullOk)) {
+    if (absent == Absent::Error) throw FieldError{name + " is missing"};
+    return nullptr;
+  }
+  if (!is_kind(*it, k))
+    throw FieldError{name + " must be " + kind_name(k) + ", got " + json_kind(*it) + " " +
+                     shown(*it)};
+  return &*it;
+}
+
+std::string get_str(const json& d, const std::string& key, const std::string& where,
+                    const std::string& dflt) {
+  const json* v = get(d, key, Kind::Str, where, Absent::Default);
+  return v ? v->get<std::string>() : dflt;
+}
+
+// An int field in lo..hi (no upper bound when hi is unset), or dflt when absent (runtime's _int).
+int64_t get_int(const json& d, const std::string& key, const std::string& where, int64_t lo,
+                std::optional<int64_t> hi = std::nullopt,
+                std::optional<int64_t> dflt = std::nullopt) {
+  const json* v = get(d, key, Kind::Int, where, dflt ? Absent::Default : Absent::Error);
+  if (!v) return *dflt;
+  const int64_t n = *json_int(*v);  // past int64: saturated, above every upper bound here
+  if (n < lo || (hi && n > *hi)) {
+    const std::string span =
+        hi ? "in " + std::to_string(lo) + ".." + std::to_string(*hi) : ">= " + std::to_string(lo);
+    throw FieldError{field_name(where, key) + " must be " + span + ", got " + v->dump()};
+  }
+  return n;
+}
+
+// A list of strings (runtime's _strings; its item message joins where and key with a dot even
+// when where is empty, and so does this).
+std::vector<std::string> get_strings(const json& d, const std::string& key,
+                                     const std::string& where, bool optional = false) {
+  const json* v = get(d, key, Kind::List, where, optional ? Absent::Default : Absent::Error);
   std::vector<std::string> out;
-  for (const auto& s : v) out.push_back(str_of(s, what));
+  if (!v) return out;
+  for (std::size_t i = 0; i < v->size(); ++i) {
+    if (!(*v)[i].is_string())
+      throw FieldError{where + "." + key + "[" + std::to_string(i) + "] must be a string, got " +
+                       json_kind((*v)[i])};
+    out.push_back((*v)[i].get<std::string>());
+  }
   return out;
 }
 
-bool truthy(const json& v) {
-  if (v.is_null()) return false;
-  if (v.is_boolean()) return v.get<bool>();
-  if (v.is_number()) return v.get<double>() != 0;
-  if (v.is_string() || v.is_array() || v.is_object()) return !v.empty();
-  return true;
+// One of `choices` (runtime's _choice), or dflt when absent.
+std::string get_choice(const json& d, const std::string& key, const std::string& where,
+                       const std::vector<std::string>& choices, const std::string& dflt) {
+  const std::string v = get_str(d, key, where, dflt);
+  if (std::find(choices.begin(), choices.end(), v) == choices.end())
+    throw FieldError{field_name(where, key) + " must be one of " + py_repr(json(choices)) +
+                     ", got " + py_str_repr(v)};
+  return v;
 }
 
+json get_object(const json& d, const std::string& key, bool optional = true) {
+  const json* v = get(d, key, Kind::Obj, "", optional ? Absent::Default : Absent::Error);
+  return v ? *v : json::object();
+}
+
+// A bundle file name: one plain path component inside the bundle directory (no absolute path,
+// no separator, no "..", no drive), and not the verified-stamp's (runtime's check_file_name).
+std::string check_file_name(const std::string& name, const std::string& where) {
+  if (name.empty() || name == "." || name == ".." ||
+      name.find_first_of(std::string("/\\:\0", 4)) != std::string::npos)
+    throw FieldError{where + " " + py_str_repr(name) +
+                     " is not a plain file name inside the bundle"};
+  if (is_stamp_file(name))
+    throw FieldError{where + " " + py_str_repr(name) +
+                     " is the name of the verified-stamp, not a bundle file"};
+  return name;
+}
+
+bool is_sha256(const std::string& s) {
+  return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+// Every field type-checked in runtime/bundle.py's _parse order, so that a manifest with several
+// faults gets the same first message from both runtimes.
 Manifest parse(const json& d) {
   Manifest m;
-  m.family = str_of(at(d, "family"), "family");
-  m.recipe = str_of(at(d, "recipe"), "recipe");
-  const json& p = at(d, "prompt");
-  m.prompt.segments = strings_of(at(p, "segments", "prompt"), "prompt.segments");
-  if (p.contains("slot_token") && !p["slot_token"].is_null())
-    m.prompt.slot_token = str_of(p["slot_token"], "prompt.slot_token");
-  m.prompt.answer_slots =
-      p.contains("answer_slots") ? int(int_of(p["answer_slots"], "answer_slots")) : 0;
-  m.prompt.strip = p.contains("strip") && truthy(p["strip"]);
+  m.family = get(d, "family", Kind::Str, "")->get<std::string>();
+  m.recipe = get(d, "recipe", Kind::Str, "")->get<std::string>();
+  if (m.family.empty() || m.recipe.empty()) throw FieldError{"family and recipe must not be empty"};
+  const json& p = *get(d, "prompt", Kind::Obj, "");
+  m.prompt.segments = get_strings(p, "segments", "prompt");
   if (m.prompt.segments.size() != 1 && m.prompt.segments.size() != 2)
-    throw Malformed{"ValueError", "prompt needs 1 or 2 segments, got " +
-                                      std::to_string(m.prompt.segments.size())};
-  if (m.prompt.answer_slots && !m.prompt.slot_token)
-    throw Malformed{"ValueError", "answer_slots > 0 needs a slot_token"};
-  const json& t = at(d, "truncation");
-  if (!t.is_object()) throw Malformed{"TypeError", "truncation must be an object"};
-  for (auto it = t.begin(); it != t.end(); ++it) {
+    throw FieldError{"prompt.segments needs 1 or 2 templates, got " +
+                     std::to_string(m.prompt.segments.size())};
+  if (std::none_of(m.prompt.segments.begin(), m.prompt.segments.end(),
+                   [](const std::string& s) { return s.find("{input}") != std::string::npos; }))
+    throw FieldError{
+        "prompt.segments: no template holds {input} (every text would get the same vector)"};
+  if (const json* slot = get(p, "slot_token", Kind::Str, "prompt", Absent::NullOk))
+    m.prompt.slot_token = slot->get<std::string>();
+  m.prompt.answer_slots = int(get_int(p, "answer_slots", "prompt", 0, kMaxAnswerSlots, 0));
+  if (m.prompt.answer_slots && (!m.prompt.slot_token || m.prompt.slot_token->empty()))
+    throw FieldError{"prompt.answer_slots > 0 needs a prompt.slot_token"};
+  const json& t = *get(d, "truncation", Kind::Obj, "");
+  std::vector<std::string> unknown;
+  for (auto it = t.begin(); it != t.end(); ++it)
     if (it.key() != "max_length" && it.key() != "side" && it.key() != "strategy")
-      throw Malformed{
-          "TypeError",
-          "TruncationSpec.__init__() got an unexpected keyword argument '" + it.key() + "'"};
+      unknown.push_back(it.key());
+  if (!unknown.empty()) {
+    std::sort(unknown.begin(), unknown.end());  // UTF-8 byte order = Python's code point order
+    throw FieldError{"truncation has unknown fields " + py_repr(json(unknown))};
   }
-  m.truncation.max_length =
-      std::size_t(int_of(at(t, "max_length", "truncation"), "truncation.max_length"));
-  if (t.contains("side")) m.truncation.side = str_of(t["side"], "truncation.side");
-  if (t.contains("strategy")) m.truncation.strategy = str_of(t["strategy"], "truncation.strategy");
-  const json& graphs = at(d, "graphs");
-  if (!graphs.is_object()) throw Malformed{"TypeError", "graphs must be an object"};
+  m.truncation.max_length = std::size_t(get_int(t, "max_length", "truncation", 1));
+  m.truncation.side = get_choice(t, "side", "truncation", {"left", "right"}, "right");
+  m.truncation.strategy = get_choice(
+      t, "strategy", "truncation", {"longest_first", "only_first", "only_second"}, "longest_first");
+  const json& graphs = *get(d, "graphs", Kind::Obj, "");  // the graphs a family needs: its checks
   for (auto it = graphs.begin(); it != graphs.end(); ++it) {
+    const std::string where = "graphs." + it.key();
     const json& g = it.value();
+    if (!g.is_object()) throw FieldError{where + " must be an object, got " + json_kind(g)};
+    const json* data = get(g, "data", Kind::Str, where, Absent::NullOk);
     GraphSpec gs;
-    gs.file = str_of(at(g, "file"), "graphs.file");
-    gs.inputs = strings_of(at(g, "inputs"), "graphs.inputs");
-    gs.outputs = strings_of(at(g, "outputs"), "graphs.outputs");
-    if (g.contains("data") && !g["data"].is_null()) gs.data = str_of(g["data"], "graphs.data");
-    if (g.contains("cpu_disabled_optimizers") && !g["cpu_disabled_optimizers"].is_null())
-      gs.cpu_disabled_optimizers =
-          strings_of(g["cpu_disabled_optimizers"], "cpu_disabled_optimizers");
+    gs.file =
+        check_file_name(get(g, "file", Kind::Str, where)->get<std::string>(), where + ".file");
+    gs.inputs = get_strings(g, "inputs", where);
+    gs.outputs = get_strings(g, "outputs", where);
+    if (data) gs.data = check_file_name(data->get<std::string>(), where + ".data");
+    get(g, "fusion", Kind::Str, where, Absent::NullOk);  // read by quantize, checked here
+    gs.cpu_disabled_optimizers = get_strings(g, "cpu_disabled_optimizers", where, true);
     m.graphs.emplace_back(it.key(), std::move(gs));
   }
-  m.embedding_dim = int(int_of(at(d, "embedding_dim"), "embedding_dim"));
-  m.pooling = at(d, "pooling");
-  if (!m.pooling.is_object()) throw Malformed{"TypeError", "pooling must be an object"};
-  if (d.contains("postprocess")) m.postprocess = strings_of(d["postprocess"], "postprocess");
-  if (d.contains("special_tokens")) {
-    const json& st = d["special_tokens"];
-    if (!st.is_object()) throw Malformed{"TypeError", "special_tokens must be an object"};
-    for (auto it = st.begin(); it != st.end(); ++it)
-      m.special_tokens[it.key()] = int_of(it.value(), "special_tokens");
+  m.postprocess = get_strings(d, "postprocess", "", true);
+  for (const auto& step : m.postprocess)
+    if (step != "standardize" && step != "l2")
+      throw FieldError{"postprocess step " + py_str_repr(step) +
+                       " is not one of ['standardize', 'l2']"};
+  const json special = get_object(d, "special_tokens");
+  for (auto it = special.begin(); it != special.end(); ++it)
+    m.special_tokens.emplace_back(it.key(), get_int(special, it.key(), "special_tokens", 0));
+  const json files = get_object(d, "files");
+  for (auto it = files.begin(); it != files.end(); ++it) {
+    check_file_name(it.key(), "files entry");
+    const std::string where = "files[" + py_str_repr(it.key()) + "]";
+    const json& rec = it.value();
+    if (!rec.is_object()) throw FieldError{where + " must be an object, got " + json_kind(rec)};
+    FileRecord r;
+    r.bytes = uint64_t(get_int(rec, "bytes", where, 0));
+    r.sha256 = get(rec, "sha256", Kind::Str, where)->get<std::string>();
+    if (!is_sha256(r.sha256)) throw FieldError{where + ".sha256 must be 64 lowercase hex digits"};
+    m.files.emplace_back(it.key(), std::move(r));
   }
-  m.decode = d.contains("decode") ? d["decode"] : json::object();
-  if (!m.decode.is_object()) throw Malformed{"TypeError", "decode must be an object"};
-  if (d.contains("precision")) m.precision = str_of(d["precision"], "precision");
-  m.options = d.contains("options") ? d["options"] : json::object();
-  if (!m.options.is_object()) throw Malformed{"TypeError", "options must be an object"};
-  if (d.contains("files")) {
-    const json& fl = d["files"];
-    if (!fl.is_object()) throw Malformed{"TypeError", "files must be an object"};
-    for (auto it = fl.begin(); it != fl.end(); ++it) {
-      if (!it.value().is_object()) throw Malformed{"TypeError", "files entries must be objects"};
-      FileRecord r;
-      const json& rec = it.value();
-      r.bytes_json = rec.contains("bytes") ? rec["bytes"] : json();
-      if (r.bytes_json.is_number_unsigned() || r.bytes_json.is_number_integer())
-        r.bytes = r.bytes_json.get<uint64_t>();
-      if (rec.contains("sha256") && rec["sha256"].is_string())
-        r.sha256 = rec["sha256"].get<std::string>();
-      m.files.emplace_back(it.key(), std::move(r));
-    }
-  }
-  if (d.contains("tokenizer_file"))
-    m.tokenizer_file = str_of(d["tokenizer_file"], "tokenizer_file");
+  // The rest in the order runtime's Manifest(...) call reads them.
+  if (const json* strip = get(p, "strip", Kind::Bool, "prompt", Absent::Default))
+    m.prompt.strip = strip->get<bool>();
+  m.embedding_dim = get_int(d, "embedding_dim", "", 1);
+  m.pooling = get_object(d, "pooling", false);
+  m.decode = get_object(d, "decode");
+  m.precision = get_choice(d, "precision", "", {"fp32", "int8", "fp16"}, "fp32");
+  m.source = get_object(d, "source");
+  get_object(d, "exporter");
+  get_object(d, "validation");
+  m.options = get_object(d, "options");
+  m.tokenizer_file =
+      check_file_name(get_str(d, "tokenizer_file", "", "tokenizer.json"), "tokenizer_file");
   return m;
-}
-
-// A manifest path must be a plain relative name inside the bundle: no absolute path, no ".."
-// component, nothing that resolves (through symlinks) outside the bundle directory.
-void check_inside(const fs::path& root, const std::string& name, const std::string& mpath) {
-  fs::path p(name);
-  bool bad = name.empty() || p.is_absolute() || name.find('\\') != std::string::npos;
-  for (const auto& part : p) bad = bad || part == "..";
-  if (!bad) {
-    std::error_code ec;
-    fs::path real_root = fs::weakly_canonical(root, ec);
-    fs::path real = fs::weakly_canonical(root / p, ec);
-    auto rel = real.lexically_relative(real_root);
-    bad = ec || rel.empty() || *rel.begin() == "..";
-  }
-  if (bad)
-    throw BundleError(mpath + ": file " + py_str_repr(name) +
-                      " is not a relative path inside the bundle directory");
 }
 
 }  // namespace
@@ -201,6 +302,25 @@ const GraphSpec& Manifest::graph(const std::string& role) const {
   for (const auto& [name, g] : graphs)
     if (name == role) return g;
   throw BundleError("the bundle has no graph '" + role + "' (family " + family + ")");
+}
+
+bool Manifest::has_graph(const std::string& role) const {
+  for (const auto& [name, g] : graphs)
+    if (name == role) return true;
+  return false;
+}
+
+std::optional<int64_t> Manifest::special_token(const std::string& name) const {
+  for (const auto& [n, id] : special_tokens)
+    if (n == name) return id;
+  return std::nullopt;
+}
+
+std::optional<int64_t> json_int(const json& v) {
+  if (!v.is_number_integer()) return std::nullopt;
+  if (v.is_number_unsigned())  // nlohmann keeps every non-negative integer as unsigned
+    return v.get<uint64_t>() > uint64_t(INT64_MAX) ? INT64_MAX : int64_t(v.get<uint64_t>());
+  return v.get<int64_t>();
 }
 
 std::string pure_path(const std::string& p) {
@@ -339,8 +459,9 @@ Bundle read_checked(const std::string& root, Verify verify) {
   json fmt = raw.contains("format") ? raw["format"] : json();
   if (!(fmt.is_string() && fmt.get<std::string>() == kFormatName))
     throw BundleError(mpath + ": not an inbedder manifest (format=" + py_repr(fmt) + ")");
+  // runtime's check: a known version, and a boolean is not one (JSON true is not 1); 1.0 is.
   json version = raw.contains("format_version") ? raw["format_version"] : json();
-  bool known = (version.is_number_integer() || version.is_number_float() || version.is_boolean()) &&
+  bool known = (version.is_number_integer() || version.is_number_float()) &&
                version.get<double>() == kFormatVersion;
   if (!known)
     throw BundleError(mpath + ": unknown format_version " + py_repr(version) +
@@ -348,11 +469,8 @@ Bundle read_checked(const std::string& root, Verify verify) {
   Manifest m;
   try {
     m = parse(raw);
-  } catch (const Malformed& e) {
-    if (e.kind == "missing") throw BundleError(mpath + ": " + e.detail + " is missing");
-    throw BundleError(mpath + ": malformed manifest (" + e.kind + ": " + e.detail + ")");
-  } catch (const json::exception& e) {
-    throw BundleError(mpath + ": malformed manifest (TypeError: " + e.what() + ")");
+  } catch (const FieldError& e) {
+    throw BundleError(mpath + ": " + e.msg);
   }
   std::vector<std::string> needed{m.tokenizer_file};
   for (const auto& [role, g] : m.graphs) {
@@ -366,7 +484,6 @@ Bundle read_checked(const std::string& root, Verify verify) {
       throw BundleError(mpath + ": file " + py_str_repr(name) +
                         " is used but has no checksum entry");
   }
-  for (const auto& [name, rec] : m.files) check_inside(root, name, mpath);
   // No link may lead out of the bundle (a graph's external data is opened by onnxruntime by
   // name); the files the manifest lists may not be links at all.
   const std::string real = real_path(root);
@@ -388,9 +505,9 @@ Bundle read_checked(const std::string& root, Verify verify) {
     struct stat st;
     if (::lstat(path.c_str(), &st) != 0) throw BundleError(path + ": missing bundle file");
     if (!S_ISREG(st.st_mode)) throw BundleError(path + ": not a regular file");
-    if (!rec.bytes || *rec.bytes != uint64_t(st.st_size))
+    if (rec.bytes != uint64_t(st.st_size))
       throw BundleError(path + ": size " + std::to_string(st.st_size) +
-                        " differs from the manifest's " + py_repr(rec.bytes_json) +
+                        " differs from the manifest's " + std::to_string(rec.bytes) +
                         " (changed or truncated file)");
     stats[name] = st;
   }
@@ -402,19 +519,19 @@ Bundle read_checked(const std::string& root, Verify verify) {
   for (const auto& [name, rec] : m.files) {
     const std::string path = pure_path(root + "/" + name);
     const struct stat& st = stats[name];
-    const std::string want = rec.sha256 ? *rec.sha256 : std::string();
+    const std::string& want = rec.sha256;
     auto s = stamp.find(name);
-    const bool known = rec.sha256 && s != stamp.end() && s->second == stamp_entry(want, st);
+    const bool known = s != stamp.end() && s->second == stamp_entry(want, st);
     if (known) entries[name] = s->second;
     if (name == m.tokenizer_file) {  // read once: what is hashed is what gets parsed
       struct stat after;
       try {
-        b.tokenizer_json = read_file(path, *rec.bytes + 1, &after);
+        b.tokenizer_json = read_file(path, rec.bytes + 1, &after);
       } catch (const std::exception& e) {
         throw BundleError(e.what());
       }
       // Always hashed (a few MB): the bytes parsed are the bytes checked, stamp or not.
-      if (b.tokenizer_json.size() != *rec.bytes ||
+      if (b.tokenizer_json.size() != rec.bytes ||
           (verify != Verify::None &&
            sha256_hex(b.tokenizer_json.data(), b.tokenizer_json.size()) != want))
         throw BundleError(path + bad_sum);
@@ -429,7 +546,7 @@ Bundle read_checked(const std::string& root, Verify verify) {
         throw BundleError(e.what());
       }
       if (hash_observer()) hash_observer()(name);
-      if (!rec.sha256 || digest != want) throw BundleError(path + bad_sum);
+      if (digest != want) throw BundleError(path + bad_sum);
       if (stampable(st, after, started)) entries[name] = stamp_entry(want, st);
     }
   }

@@ -17,6 +17,7 @@ namespace inbedder {
 inline constexpr const char* kManifestName = "inbedder.json";
 inline constexpr const char* kFormatName = "inbedder-bundle";
 inline constexpr int kFormatVersion = 1;
+inline constexpr int kMaxAnswerSlots = 8;  // runtime/bundle.py's MAX_ANSWER_SLOTS
 
 // Same cases and texts as runtime/bundle.py's BundleError.
 class BundleError : public std::runtime_error {
@@ -64,33 +65,41 @@ struct GraphSpec {
 };
 
 struct FileRecord {
-  std::optional<uint64_t> bytes;
-  std::optional<std::string> sha256;
-  nlohmann::ordered_json bytes_json;  // as written, for messages
+  uint64_t bytes = 0;
+  std::string sha256;  // 64 lowercase hex digits
 };
 
+// The manifest, read as runtime/bundle.py's Manifest.from_json: every field type-checked (a
+// boolean is not an int, 1.0 is not one either), ranges, known values and plain file names, with
+// its messages; the objects the families read (pooling, decode, source, options) kept as JSON.
 struct Manifest {
   std::string family;
   std::string recipe;
   PromptSpec prompt;
   TruncationSpec truncation;
   std::vector<std::pair<std::string, GraphSpec>> graphs;  // manifest order
-  int embedding_dim = 0;
+  int64_t embedding_dim = 0;
   nlohmann::ordered_json pooling;
   std::vector<std::string> postprocess;
-  std::map<std::string, int64_t> special_tokens;
+  std::vector<std::pair<std::string, int64_t>> special_tokens;  // manifest order
   nlohmann::ordered_json decode;
   std::string precision = "fp32";
+  nlohmann::ordered_json source;  // the checkpoint's record (source.vocab_size is checked)
   nlohmann::ordered_json options;
   std::vector<std::pair<std::string, FileRecord>> files;  // manifest order
   std::string tokenizer_file = "tokenizer.json";
   int format_version = kFormatVersion;
 
   const GraphSpec& graph(const std::string& role) const;
+  bool has_graph(const std::string& role) const;
+  std::optional<int64_t> special_token(const std::string& name) const;
 };
 
 // Python's str(pathlib.Path(p)): no trailing or doubled slashes, no "." components.
 std::string pure_path(const std::string& p);
+// A JSON integer's value (Python's int: a boolean is not one, 1.0 is not one), saturated at
+// INT64_MAX past it; nullopt for anything else.
+std::optional<int64_t> json_int(const nlohmann::ordered_json& v);
 // Python's repr() of a JSON value, for messages (None, 'text', 2, [...]).
 std::string py_repr(const nlohmann::ordered_json& v);
 

@@ -36,16 +36,14 @@ struct OptionInfo {
   Kind kind;
   bool is_string;
 };
-const OptionInfo kOptions[] = {{"device", Kind::Open, true},
-                               {"threads", Kind::Open, false},
-                               {"verify", Kind::Open, false},
-                               {"batch_size", Kind::Encode, false},
-                               {"truncation", Kind::Encode, true},
-                               {"normalize", Kind::Encode, false},
-                               {"answers", Kind::Encode, false},
-                               {"decode_steps", Kind::Encode, false},
-                               {"max_new_tokens", Kind::Encode, false},
-                               {"precision", Kind::Encode, true}};
+const OptionInfo kOptions[] = {
+    {"device", Kind::Open, true},          {"threads", Kind::Open, false},
+    {"verify", Kind::Open, false},         {"spinning", Kind::Open, false},
+    {"batch_size", Kind::Encode, false},   {"truncation", Kind::Encode, true},
+    {"normalize", Kind::Encode, false},    {"answers", Kind::Encode, false},
+    {"decode_steps", Kind::Encode, false}, {"max_new_tokens", Kind::Encode, false},
+    {"precision", Kind::Encode, true},
+};
 
 const OptionInfo* find_option(const char* name) {
   for (const auto& o : kOptions)
@@ -255,9 +253,17 @@ inbedder_status inbedder_model_open(const char* bundle_dir, const inbedder_optio
       return fail(
           INBEDDER_ERR_INVALID_ARGUMENT,
           "threads must be 0 (the default) or a positive int, got " + std::to_string(threads));
+    // The Python runtime's spinning=True / False (ThreadOptions), checked before anything is read.
+    long long spinning = get_int(options, "spinning", 0);
+    if (spinning != 0 && spinning != 1)
+      return fail(INBEDDER_ERR_INVALID_ARGUMENT,
+                  "spinning must be 0 (the default: idle pool threads sleep) or 1 (they "
+                  "busy-wait), got " +
+                      std::to_string(spinning));
     auto m = std::make_unique<inbedder_model>();
     m->embedder = std::make_unique<inbedder::Embedder>(
-        bundle_dir, get_str(options, "device", "cpu"), int(threads), verify_of(options));
+        bundle_dir, get_str(options, "device", "cpu"),
+        inbedder::ThreadOptions{int(threads), spinning == 1}, verify_of(options));
     *out = m.release();
     return INBEDDER_OK;
   });

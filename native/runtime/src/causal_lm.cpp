@@ -8,6 +8,7 @@
 // {s_0} and {s_k : k >= 1, g_k not special}, where s_k is the state of the pass fed g_{k-1} and
 // g_k the token it chose (special = decode.special_ids + eos + pad); when no s_k qualifies, the
 // mean of s_0 and s_1 (s_1 computed by one more pass if the decode stopped after one token).
+#include <algorithm>
 #include <set>
 
 #include "pipeline.hpp"
@@ -15,20 +16,59 @@
 namespace inbedder {
 namespace {
 
+// runtime/causal_lm.py's check_manifest, before the base checks: the KV cache's shape (positive
+// ints), an EOS token (the decode stops there), a known pooling type.
+void check(const Manifest& m, const std::string& origin) {
+  auto cache = m.options.find("cache");
+  bool ok = cache != m.options.end() && cache->is_object();
+  for (const char* k : {"layers", "kv_heads", "head_dim"}) {
+    if (!ok) break;
+    auto v = cache->find(k);
+    // A JSON integer (a boolean is not one) >= 1.
+    ok = v != cache->end() && json_int(*v) && *json_int(*v) >= 1;
+  }
+  if (!ok)
+    throw BundleError(origin +
+                      ": options.cache must be an object of positive ints layers, kv_heads, "
+                      "head_dim; got " +
+                      (cache == m.options.end() ? std::string("None") : py_repr(*cache)));
+  if (!m.special_token("eos"))
+    throw BundleError(origin + ": special_tokens.eos is missing (the decode stops there)");
+  auto type = m.pooling.find("type");
+  if (type != m.pooling.end() && *type != "fst_gen" && *type != "avg_gen")
+    throw BundleError(origin + ": pooling.type must be 'fst_gen' or 'avg_gen'");
+}
+
+// After the base checks: the decoder takes the cache of every layer.
+void check_cache_inputs(const Manifest& m, const std::string& origin) {
+  const auto& inputs = m.graph("decoder").inputs;
+  const int64_t layers = *json_int(m.options.at("cache").at("layers"));
+  for (int64_t i = 0; i < layers; ++i)
+    for (const char* k : {"key", "value"})
+      if (std::find(inputs.begin(), inputs.end(),
+                    "past_" + std::string(k) + "_" + std::to_string(i)) == inputs.end())
+        throw BundleError(origin + ": graphs.decoder.inputs lack the cache inputs of " +
+                          std::to_string(layers) + " layers");
+}
+
+const FamilyChecks kChecks{"causal-lm",
+                           {"causal-answer", "causal-answer-avg"},
+                           {{"decoder", {"logits", "last_hidden"}}},
+                           check,
+                           check_cache_inputs};
+
 class CausalAnswerPipeline : public Pipeline {
  public:
-  CausalAnswerPipeline(const Bundle& bundle, const std::string& device, int threads)
-      : Pipeline(bundle, device, threads) {
+  CausalAnswerPipeline(const Bundle& bundle, const std::string& device,
+                       const ThreadOptions& threads)
+      : Pipeline(bundle, kChecks, device, threads) {
     const auto& cache = manifest_.options.at("cache");
-    layers_ = cache.at("layers").get<int64_t>();
-    kv_heads_ = cache.at("kv_heads").get<int64_t>();
-    head_dim_ = cache.at("head_dim").get<int64_t>();
-    auto eos = manifest_.special_tokens.find("eos");
-    if (eos == manifest_.special_tokens.end())
-      throw BundleError("causal-lm manifest has no special_tokens.eos");
-    eos_ = eos->second;
+    layers_ = *json_int(cache.at("layers"));
+    kv_heads_ = *json_int(cache.at("kv_heads"));
+    head_dim_ = *json_int(cache.at("head_dim"));
+    eos_ = *manifest_.special_token("eos");
     if (manifest_.decode.contains("special_ids"))
-      for (const auto& v : manifest_.decode["special_ids"]) special_.insert(v.get<int64_t>());
+      for (const auto& v : manifest_.decode["special_ids"]) special_.insert(*json_int(v));
     special_.insert(eos_);
     special_.insert(pad_id_);
     const Ort::Session& sess = session("decoder");
@@ -191,7 +231,7 @@ class CausalAnswerPipeline : public Pipeline {
 }  // namespace
 
 std::unique_ptr<Pipeline> make_causal_lm(const Bundle& bundle, const std::string& device,
-                                         int threads) {
+                                         const ThreadOptions& threads) {
   return std::make_unique<CausalAnswerPipeline>(bundle, device, threads);
 }
 

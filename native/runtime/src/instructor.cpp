@@ -7,10 +7,34 @@
 #include "pipeline.hpp"
 
 namespace inbedder {
+namespace {
+
+// runtime/instructor.py's check_manifest: a pool_start rule (without it the instruction would be
+// pooled too), then EmbeddingGraphPipeline's.
+void check(const Manifest& m, const std::string& origin) {
+  if (!m.pooling.contains("pool_start"))
+    throw BundleError(origin + ": pooling.pool_start is missing (which tokens are the text's)");
+  EmbeddingGraphPipeline::check(m, origin);
+}
+
+// Built on first use (no order of static initialisation across files to depend on).
+const FamilyChecks& checks() {
+  static const FamilyChecks c{
+      "instructor", {"instructor"}, EmbeddingGraphPipeline::graphs(), check, nullptr};
+  return c;
+}
+
+class InstructorPipeline : public EmbeddingGraphPipeline {
+ public:
+  InstructorPipeline(const Bundle& bundle, const std::string& device, const ThreadOptions& threads)
+      : EmbeddingGraphPipeline(bundle, checks(), device, threads) {}
+};
+
+}  // namespace
 
 std::unique_ptr<Pipeline> make_instructor(const Bundle& bundle, const std::string& device,
-                                          int threads) {
-  return std::make_unique<EmbeddingGraphPipeline>(bundle, device, threads);
+                                          const ThreadOptions& threads) {
+  return std::make_unique<InstructorPipeline>(bundle, device, threads);
 }
 
 }  // namespace inbedder

@@ -13,9 +13,28 @@
 namespace inbedder {
 namespace {
 
+// runtime/masked_lm.py's check_manifest (before the base checks): 1..8 answer slots, and a pad
+// token (the graph skips pads when it numbers positions).
+void check(const Manifest& m, const std::string& origin) {
+  const int slots = m.prompt.answer_slots;
+  if (slots < 1 || slots > kMaxAnswerSlots)
+    throw BundleError(origin + ": prompt.answer_slots must be in 1.." +
+                      std::to_string(kMaxAnswerSlots) + ", got " + std::to_string(slots));
+  if (!m.special_token("pad"))
+    throw BundleError(origin + ": special_tokens.pad is missing (batches are padded with it)");
+}
+
+const FamilyChecks kChecks{"masked-lm",
+                           {"masked-answer", "masked-answer-pair"},
+                           {{"encoder", {"slot_states", "answer_ids", "answer_logprobs"}}},
+                           check,
+                           nullptr};
+
 class MaskedAnswerPipeline : public Pipeline {
  public:
-  using Pipeline::Pipeline;
+  MaskedAnswerPipeline(const Bundle& bundle, const std::string& device,
+                       const ThreadOptions& threads)
+      : Pipeline(bundle, kChecks, device, threads) {}
 
   std::vector<std::pair<std::string, long long>> options() const override {
     return {{"decode_steps", 1}};
@@ -92,7 +111,7 @@ class MaskedAnswerPipeline : public Pipeline {
 }  // namespace
 
 std::unique_ptr<Pipeline> make_masked_lm(const Bundle& bundle, const std::string& device,
-                                         int threads) {
+                                         const ThreadOptions& threads) {
   return std::make_unique<MaskedAnswerPipeline>(bundle, device, threads);
 }
 

@@ -90,12 +90,73 @@ std::vector<int64_t> to_int64(const Ort::Value& v) {
   return out;
 }
 
-Pipeline::Pipeline(const Bundle& bundle, const std::string& device, int threads)
+void check_manifest(const FamilyChecks& family, const Manifest& m, const tok::Tokenizer& tokenizer,
+                    const std::string& origin) {
+  using json = nlohmann::ordered_json;
+  auto fail = [&](const std::string& msg) { throw BundleError(origin + ": " + msg); };
+  if (family.before) family.before(m, origin);
+  if (!family.recipes.empty() &&
+      std::find(family.recipes.begin(), family.recipes.end(), m.recipe) == family.recipes.end())
+    fail("recipe " + py_repr(m.recipe) + " is not one the " + py_repr(family.family) +
+         " family runs (" + py_repr(json(family.recipes)) + ")");
+  for (const auto& [role, outputs] : family.graphs) {
+    if (!m.has_graph(role)) {
+      std::vector<std::string> roles;
+      for (const auto& [r, o] : family.graphs) roles.push_back(r);
+      std::sort(roles.begin(), roles.end());
+      fail("graph " + py_repr(role) + " is missing (a " + py_repr(family.family) +
+           " bundle needs " + py_repr(json(roles)) + ")");
+    }
+    const auto& have = m.graph(role).outputs;
+    std::vector<std::string> lacking;
+    for (const auto& o : outputs)
+      if (std::find(have.begin(), have.end(), o) == have.end()) lacking.push_back(o);
+    if (!lacking.empty()) fail("graphs." + role + ".outputs lacks " + py_repr(json(lacking)));
+  }
+  const int64_t vocab = int64_t(tokenizer.vocab_size());  // added tokens included
+  int64_t limit = vocab;
+  auto table = m.source.find("vocab_size");
+  if (table != m.source.end() && !table->is_null()) {
+    const std::optional<int64_t> rows_or = json_int(*table);  // a boolean is not an int
+    if (!rows_or || *rows_or < 1)
+      fail("source.vocab_size must be a positive int, got " + py_repr(*table));
+    const int64_t rows = *rows_or;
+    if (vocab > rows)
+      fail("the tokenizer's vocabulary (" + std::to_string(vocab) +
+           " tokens, added ones included) does not fit the graph's embedding table "
+           "(source.vocab_size " +
+           table->dump() + ")");
+    limit = std::min(vocab, rows);
+  }
+  for (const auto& [name, id] : m.special_tokens)
+    if (id >= limit)
+      fail("special_tokens." + name + " " + std::to_string(id) + " is outside the vocabulary (" +
+           std::to_string(limit) + " tokens)");
+  auto ids = m.decode.find("special_ids");
+  if (ids != m.decode.end()) {
+    bool ok = ids->is_array();
+    for (std::size_t k = 0; ok && k < ids->size(); ++k) {
+      const json& i = (*ids)[k];
+      const std::optional<int64_t> id = json_int(i);
+      ok = id && *id >= 0 && *id < limit;
+    }
+    if (!ok)
+      fail("decode.special_ids must be token ids within the vocabulary (" + std::to_string(limit) +
+           " tokens)");
+  }
+  if (m.prompt.slot_token && !tokenizer.token_to_id(*m.prompt.slot_token))
+    fail("slot token " + py_repr(*m.prompt.slot_token) + " is not in the tokenizer's vocabulary");
+  if (family.after) family.after(m, origin);
+}
+
+Pipeline::Pipeline(const Bundle& bundle, const FamilyChecks& family, const std::string& device,
+                   const ThreadOptions& threads)
     : root_(bundle.root),
       manifest_(bundle.manifest),
       device_(device),
       tokenizer_(tokenizer_of(bundle)) {
   const std::string& root = root_;
+  check_manifest(family, manifest_, tokenizer_, pure_path(root_ + "/" + kManifestName));
   prompts_ = std::make_unique<PromptTokenizer>(tokenizer_, manifest_.prompt, manifest_.truncation);
   const std::size_t fixed = prompts_->fixed_tokens();
   if (manifest_.truncation.max_length < fixed)
@@ -132,8 +193,7 @@ Pipeline::Pipeline(const Bundle& bundle, const std::string& device, int threads)
                         ".outputs)");
     sessions_[role] = std::move(session);
   }
-  auto it = manifest_.special_tokens.find("pad");
-  pad_id_ = it == manifest_.special_tokens.end() ? 0 : it->second;
+  pad_id_ = manifest_.special_token("pad").value_or(0);
 }
 
 const Ort::Session& Pipeline::session(const std::string& role) const {
@@ -307,8 +367,19 @@ std::string Pipeline::decode_answer(const std::vector<int64_t>& ids) const {
   return clean ? tok::clean_up_tokenization(std::move(text)) : text;
 }
 
+std::vector<std::pair<std::string, std::vector<std::string>>> EmbeddingGraphPipeline::graphs() {
+  return {{"encoder", {"embedding"}}};
+}
+
+void EmbeddingGraphPipeline::check(const Manifest& m, const std::string& origin) {
+  auto rule = m.pooling.find("pool_start");
+  if (rule != m.pooling.end() && !rule->is_null() &&
+      (!rule->is_object() || !rule->contains("count") || (*rule)["count"] != "instruction"))
+    throw BundleError(origin + ": unknown pooling.pool_start rule " + py_repr(*rule));
+}
+
 std::unique_ptr<Pipeline> make_pipeline(const Bundle& bundle, const std::string& device,
-                                        int threads) {
+                                        const ThreadOptions& threads) {
   for (const auto& f : kFamilies)
     if (bundle.manifest.family == f.name) return f.make(bundle, device, threads);
   throw BundleError("bundle family " + py_repr(bundle.manifest.family) +

@@ -17,6 +17,7 @@
 #include "bundle.hpp"
 #include "inbedder/tokenizer.hpp"
 #include "prompt.hpp"
+#include "session.hpp"
 
 namespace inbedder {
 
@@ -39,10 +40,32 @@ std::vector<float> to_float(const Ort::Value& v);
 std::vector<int64_t> to_int64(const Ort::Value& v);
 std::vector<int64_t> shape_of(const Ort::Value& v);
 
+// What a family needs of a manifest (runtime's Pipeline.check_manifest and the families'
+// overrides), checked at open right after the tokenizer is parsed, before anything is built.
+struct FamilyChecks {
+  std::string family;
+  std::vector<std::string> recipes;  // the recipes the family runs
+  // Per graph role, the outputs the pipeline reads (manifest order of the Python class).
+  std::vector<std::pair<std::string, std::vector<std::string>>> graphs;
+  // The family's own checks, made before the base ones (the Python override's code before its
+  // super() call) and after them. They throw BundleError prefixed with `origin`.
+  void (*before)(const Manifest&, const std::string& origin) = nullptr;
+  void (*after)(const Manifest&, const std::string& origin) = nullptr;
+};
+
+// The base checks (runtime/pipeline.py's Pipeline.check_manifest): the recipe is one the family
+// runs, every graph role it needs with the outputs it reads, source.vocab_size, special tokens
+// and decode.special_ids inside the vocabulary, the slot token in it; the family's own checks
+// around them. BundleError "<origin>: ..." with the Python runtime's words.
+void check_manifest(const FamilyChecks& family, const Manifest& m, const tok::Tokenizer& tokenizer,
+                    const std::string& origin);
+
 class Pipeline {
  public:
-  // The bundle as load_bundle checked it (its tokenizer parsed from the bytes that were hashed).
-  Pipeline(const Bundle& bundle, const std::string& device, int threads);
+  // The bundle as load_bundle checked it (its tokenizer parsed from the bytes that were hashed),
+  // checked against what `family` needs.
+  Pipeline(const Bundle& bundle, const FamilyChecks& family, const std::string& device,
+           const ThreadOptions& threads);
   virtual ~Pipeline() = default;
 
   virtual bool answers() const { return true; }
@@ -93,6 +116,10 @@ class Pipeline {
 class EmbeddingGraphPipeline : public Pipeline {
  public:
   using Pipeline::Pipeline;
+  // Graph "encoder" with output "embedding", and the pooling.pool_start rule a known one
+  // (runtime's EmbeddingGraphPipeline.check_manifest, before the base checks).
+  static std::vector<std::pair<std::string, std::vector<std::string>>> graphs();
+  static void check(const Manifest& m, const std::string& origin);
   bool answers() const override { return false; }
   void embed_batch(const std::vector<const Encoded*>& batch, bool want_answers,
                    const FamilyOptions& options, float* out,
@@ -105,14 +132,16 @@ long long positive_int(const std::string& name, const nlohmann::ordered_json& va
 
 // The registry: manifest family -> pipeline (BundleError for an unknown family).
 std::unique_ptr<Pipeline> make_pipeline(const Bundle& bundle, const std::string& device,
-                                        int threads);
+                                        const ThreadOptions& threads);
 
 // Family factories, one per file named as the Python module (masked_lm.cpp, causal_lm.cpp,
 // instructor.cpp, sentence_encoder.cpp).
-using Factory = std::unique_ptr<Pipeline> (*)(const Bundle&, const std::string&, int);
-std::unique_ptr<Pipeline> make_masked_lm(const Bundle&, const std::string&, int);
-std::unique_ptr<Pipeline> make_causal_lm(const Bundle&, const std::string&, int);
-std::unique_ptr<Pipeline> make_instructor(const Bundle&, const std::string&, int);
-std::unique_ptr<Pipeline> make_sentence_encoder(const Bundle&, const std::string&, int);
+using Factory = std::unique_ptr<Pipeline> (*)(const Bundle&, const std::string&,
+                                              const ThreadOptions&);
+std::unique_ptr<Pipeline> make_masked_lm(const Bundle&, const std::string&, const ThreadOptions&);
+std::unique_ptr<Pipeline> make_causal_lm(const Bundle&, const std::string&, const ThreadOptions&);
+std::unique_ptr<Pipeline> make_instructor(const Bundle&, const std::string&, const ThreadOptions&);
+std::unique_ptr<Pipeline> make_sentence_encoder(const Bundle&, const std::string&,
+                                                const ThreadOptions&);
 
 }  // namespace inbedder

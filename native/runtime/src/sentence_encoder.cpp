@@ -7,16 +7,29 @@
 namespace inbedder {
 namespace {
 
+// runtime/sentence_encoder.py: EmbeddingGraphPipeline's checks, its one recipe.
+// Built on first use (no order of static initialisation across files to depend on).
+const FamilyChecks& checks() {
+  static const FamilyChecks c{"sentence-encoder",
+                              {"sentence-embedding"},
+                              EmbeddingGraphPipeline::graphs(),
+                              EmbeddingGraphPipeline::check,
+                              nullptr};
+  return c;
+}
+
 class SentenceEncoderPipeline : public EmbeddingGraphPipeline {
  public:
-  using EmbeddingGraphPipeline::EmbeddingGraphPipeline;
+  SentenceEncoderPipeline(const Bundle& bundle, const std::string& device,
+                          const ThreadOptions& threads)
+      : EmbeddingGraphPipeline(bundle, checks(), device, threads) {}
   bool needs_instruction() const override { return false; }  // an optional query prefix
 };
 
 }  // namespace
 
 std::unique_ptr<Pipeline> make_sentence_encoder(const Bundle& bundle, const std::string& device,
-                                                int threads) {
+                                                const ThreadOptions& threads) {
   return std::make_unique<SentenceEncoderPipeline>(bundle, device, threads);
 }
 

@@ -1,6 +1,6 @@
 // Session options match runtime/session.py: all graph optimizations, weights through the
-// device allocator (not the arena), the thread pool as ThreadOptions' defaults (intra-op threads
-// = the cores this process may use unless asked, inter-op 1, no spinning), and on CPU the
+// device allocator (not the arena), the thread pool as ThreadOptions says (intra-op threads = the
+// cores this process may use unless asked, inter-op 1, no spinning unless asked), and on CPU the
 // manifest's cpu_disabled_optimizers (the fusions the quantizer left out for CPU on purpose).
 #include "session.hpp"
 
@@ -62,30 +62,40 @@ std::string resolve_device(const std::string& device) {
       "). Use an onnxruntime-gpu library on a machine with an NVIDIA GPU, or device='cpu'.");
 }
 
-std::unique_ptr<Ort::Session> make_session(const std::string& path, const GraphSpec& spec,
-                                           const std::string& device, int threads) {
+Ort::SessionOptions session_options(const GraphSpec& spec, const std::string& device,
+                                    const ThreadOptions& threads) {
   Ort::SessionOptions opts;
   opts.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
   opts.AddConfigEntry("session.use_device_allocator_for_initializers", "1");
-  opts.SetIntraOpNumThreads(threads > 0 ? threads : available_cores());
+  opts.SetIntraOpNumThreads(threads.threads > 0 ? threads.threads : available_cores());
   opts.SetInterOpNumThreads(1);  // sequential execution: the inter-op pool is not used
-  // Idle pool threads sleep instead of busy-waiting (Python's ThreadOptions.spinning=False): a
-  // spinning pool burns the cores other processes need and, when one of its cores is taken,
-  // waits on a preempted spinner (README, "Thread pool: spinning"; with one core busy the native
-  // runtime spun at 1.5x the CPU per text and 0.66x the Python runtime's speed, bench/native.py).
-  opts.AddConfigEntry("session.intra_op.allow_spinning", "0");
-  opts.AddConfigEntry("session.inter_op.allow_spinning", "0");
-  if (device == "cuda") {
-    std::string why = append_cuda(opts);
-    if (!why.empty())
-      throw DeviceError("CUDAExecutionProvider could not be initialised for " + path + ": " + why);
-  } else if (!spec.cpu_disabled_optimizers.empty()) {
+  // By default idle pool threads sleep instead of busy-waiting (Python's ThreadOptions.spinning
+  // = False): a spinning pool burns the cores other processes need and, when one of its cores is
+  // taken, waits on a preempted spinner (README, "Thread pool: spinning"; with one core busy the
+  // native runtime spun at 1.5x the CPU per text and 0.66x the Python runtime's speed,
+  // bench/native.py). The "spinning" open option turns it on for both pools, as Python's apply.
+  const char* spin = threads.spinning ? "1" : "0";
+  opts.AddConfigEntry("session.intra_op.allow_spinning", spin);
+  opts.AddConfigEntry("session.inter_op.allow_spinning", spin);
+  if (device != "cuda" && !spec.cpu_disabled_optimizers.empty()) {
     // ';'-separated: onnxruntime's header says "comma separated", but its parser splits on ';'
     // (1.32: "A,B" disables nothing, "A;B" both; checked against the Python API's
     // disabled_optimizers on an int8 graph).
     std::string list;
     for (const auto& o : spec.cpu_disabled_optimizers) list += (list.empty() ? "" : ";") + o;
     opts.AddConfigEntry("optimization.disable_specified_optimizers", list.c_str());
+  }
+  return opts;
+}
+
+std::unique_ptr<Ort::Session> make_session(const std::string& path, const GraphSpec& spec,
+                                           const std::string& device,
+                                           const ThreadOptions& threads) {
+  Ort::SessionOptions opts = session_options(spec, device, threads);
+  if (device == "cuda") {
+    std::string why = append_cuda(opts);
+    if (!why.empty())
+      throw DeviceError("CUDAExecutionProvider could not be initialised for " + path + ": " + why);
   }
   return std::make_unique<Ort::Session>(ort_env(), path.c_str(), opts);
 }

@@ -21,8 +21,23 @@ std::string resolve_device(const std::string& device);
 // The logical CPUs this process may run on (its affinity mask), as runtime/session.py's.
 int available_cores();
 
-// One session for graph file `path` on the resolved device; threads 0 = available_cores().
+// The CPU thread pool of a session, as runtime/session.py's ThreadOptions: intra-op threads
+// (0 = available_cores()), and whether idle pool threads busy-wait for the next operator's work
+// (onnxruntime's session.intra_op / inter_op.allow_spinning) instead of sleeping. Spinning saves
+// a wake-up per operator on an idle machine but burns the cores other processes need; off by
+// default, as in the Python runtime.
+struct ThreadOptions {
+  int threads = 0;
+  bool spinning = false;
+};
+
+// The options of a session for graph `spec` on the resolved device (without its provider), its
+// thread pool as `threads` says.
+Ort::SessionOptions session_options(const GraphSpec& spec, const std::string& device,
+                                    const ThreadOptions& threads);
+
+// One session for graph file `path` on the resolved device, its thread pool as `threads` says.
 std::unique_ptr<Ort::Session> make_session(const std::string& path, const GraphSpec& spec,
-                                           const std::string& device, int threads);
+                                           const std::string& device, const ThreadOptions& threads);
 
 }  // namespace inbedder

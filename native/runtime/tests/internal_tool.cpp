@@ -1,6 +1,7 @@
 // Test driver for internal pieces: `sha256 FILE...` prints one hex digest per line;
 // `npy OUT ROWS COLS` writes floats 0, 1, 2, ... as a (ROWS, COLS) .npy; `manifest DIR [0|1]`
-// prints the BundleError text (or "ok") of opening a bundle's manifest.
+// prints the BundleError text (or "ok") of opening a bundle's manifest; `session-options 0|1`
+// prints the spinning entries of the session options built for a CPU graph with spinning off / on.
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -8,6 +9,7 @@
 
 #include "bundle.hpp"
 #include "npy.hpp"
+#include "session.hpp"
 #include "sha256.hpp"
 
 int main(int argc, char** argv) {
@@ -37,7 +39,15 @@ int main(int argc, char** argv) {
     }
     return 0;
   }
+  if (argc == 3 && std::strcmp(argv[1], "session-options") == 0) {
+    inbedder::ThreadOptions threads{1, std::strcmp(argv[2], "1") == 0};
+    Ort::SessionOptions opts = inbedder::session_options(inbedder::GraphSpec{}, "cpu", threads);
+    for (const char* key : {"session.intra_op.allow_spinning", "session.inter_op.allow_spinning"})
+      std::printf("%s=%s\n", key, opts.GetConfigEntry(key).c_str());
+    return 0;
+  }
   std::fprintf(stderr,
-               "usage: inbedder_internal_tool sha256 FILE... | npy OUT R C | manifest DIR\n");
+               "usage: inbedder_internal_tool sha256 FILE... | npy OUT R C | manifest DIR | "
+               "session-options 0|1\n");
   return 2;
 }

@@ -28,7 +28,8 @@ const char* kUsage =
     "                      [--truncation {input,reference}] [--device {cpu,cuda,auto}]\n"
     "                      [--verify {stamp,full,none}]\n"
     "                      [--precision {float32,float16,int8,uint8,binary,ubinary}]\n"
-    "                      [--threads N] [--decode-steps K] [--max-new-tokens N] [-q] [input]\n";
+    "                      [--threads N] [--spinning | --no-spinning] [--decode-steps K]\n"
+    "                      [--max-new-tokens N] [-q] [input]\n";
 
 struct Args {
   std::string model, output, input = "-", format = "auto", truncation = "input", device = "cpu",
@@ -37,6 +38,7 @@ struct Args {
   long long batch_size = 32;
   std::optional<long long> threads, decode_steps, max_new_tokens;
   bool normalize = false, quiet = false, overwrite = false;
+  bool spinning = false;  // idle onnxruntime threads busy-wait (inbedder embed --spinning)
 };
 
 [[noreturn]] void usage_error(const std::string& msg) {
@@ -75,6 +77,11 @@ Args parse(int argc, char** argv) {
       if (i + 1 >= argc) usage_error("argument " + arg + ": expected one argument");
       return argv[++i];
     };
+    // A switch takes no value: "--normalize=1" is refused, in argparse's words.
+    auto no_value = [&](const std::string& name) {
+      if (inline_value)
+        usage_error("argument " + name + ": ignored explicit argument '" + value + "'");
+    };
     auto choice = [&](const std::vector<std::string>& allowed) {
       std::string v = next();
       for (const auto& c : allowed)
@@ -99,7 +106,7 @@ Args parse(int argc, char** argv) {
     } else if (arg == "--batch-size") {
       a.batch_size = to_int(arg, next());
     } else if (arg == "--normalize") {
-      a.normalize = true;
+      no_value(arg), a.normalize = true;
     } else if (arg == "--truncation") {
       a.truncation = choice({"input", "reference"});
     } else if (arg == "--precision") {
@@ -110,14 +117,17 @@ Args parse(int argc, char** argv) {
       a.verify = choice({"stamp", "full", "none"});
     } else if (arg == "--threads") {
       a.threads = to_int(arg, next());
+    } else if (arg == "--spinning" || arg == "--no-spinning") {
+      no_value("--spinning/--no-spinning");
+      a.spinning = arg == "--spinning";  // the last one given wins, as argparse's
     } else if (arg == "--decode-steps") {
       a.decode_steps = to_int(arg, next());
     } else if (arg == "--max-new-tokens") {
       a.max_new_tokens = to_int(arg, next());
     } else if (arg == "-q" || arg == "--quiet") {
-      a.quiet = true;
+      no_value("-q/--quiet"), a.quiet = true;
     } else if (arg == "--overwrite") {
-      a.overwrite = true;
+      no_value(arg), a.overwrite = true;
     } else if ((arg.size() > 1 && arg[0] == '-') || have_input) {
       usage_error("unrecognized arguments: " + arg);
     } else {
@@ -330,6 +340,7 @@ int main(int argc, char** argv) {
   check(inbedder_options_set_string(open_opts, "verify", a.verify.c_str()));
   if (a.threads)
     check(inbedder_options_set_int(open_opts, "threads", static_cast<long>(*a.threads)));
+  check(inbedder_options_set_int(open_opts, "spinning", a.spinning ? 1 : 0));
   inbedder_model* model = nullptr;
   check(inbedder_model_open(a.model.c_str(), open_opts, &model));
   inbedder_options_destroy(open_opts);

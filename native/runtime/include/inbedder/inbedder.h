@@ -80,7 +80,12 @@ INBEDDER_API const char* inbedder_last_error(void);
  * Names (an unknown name is INBEDDER_ERR_UNKNOWN_OPTION naming it):
  *   open:   "device" (string "cpu" | "cuda" | "auto", default "cpu"),
  *           "threads" (int >= 0, intra-op threads; 0 = the cores this process may use, its
- *           affinity mask; idle pool threads sleep, as the Python runtime's default),
+ *           affinity mask),
+ *           "spinning" (int 0 (default) / 1: whether idle onnxruntime pool threads busy-wait
+ *           for the next operator's work instead of sleeping, intra- and inter-op, as the Python
+ *           runtime's spinning=False / True; spinning saves a wake-up per operator on an idle
+ *           machine but burns the cores other processes need; any other value is
+ *           INBEDDER_ERR_INVALID_ARGUMENT),
  *           "verify" (how file checksums are checked at open: string "stamp" (default) |
  *           "full" | "none", or int 1 = "stamp" / 0 = "none"; "stamp" hashes every file except
  *           one whose entry in the bundle's verified-stamp .inbedder-verified still matches,
