@@ -671,7 +671,7 @@ def test_manifest_errors_match_python(bundles, build: Path, tmp_path: Path):
         except BundleError as e:
             want = str(e)
         got = subprocess.run([str(tool), "manifest", str(d)], capture_output=True, text=True).stdout.strip()
-        if want.split(": ")[-1].startswith("malformed manifest") or "unreadable manifest" in want:
+        if "unreadable manifest" in want:
             assert got.split("(")[0] == want.split("(")[0], (d.name, got, want)  # the detail is the parser's
         else:
             assert got == want, d.name
@@ -706,7 +706,8 @@ def test_installed_package_consumer(build: Path, bundles, tmp_path: Path):
 
 
 def test_manifest_paths_stay_inside_the_bundle(bundles, build: Path, tmp_path: Path):
-    """Native refuses manifest paths that leave the bundle (absolute, "..", a symlink out)."""
+    """Native refuses manifest paths that leave the bundle (absolute, "..", a symlink out), with
+    the Python runtime's words."""
     tool = build / "native" / "runtime" / "tests" / "inbedder_internal_tool"
     outside = tmp_path / "outside.json"
     outside.write_text("{}")
@@ -717,10 +718,11 @@ def test_manifest_paths_stay_inside_the_bundle(bundles, build: Path, tmp_path: P
         m = json.loads((d / "inbedder.json").read_text())
         m["files"][name] = {"sha256": hashlib.sha256(b"{}").hexdigest(), "bytes": 2}
         (d / "inbedder.json").write_text(json.dumps(m))
+        with pytest.raises(BundleError) as e:
+            load_manifest(d)
+        assert "plain file name inside the bundle" in str(e.value) or "symbolic link leaving" in str(e.value)
         got = subprocess.run([str(tool), "manifest", str(d)], capture_output=True, text=True).stdout.strip()
-        assert (
-            got == f"{d / 'inbedder.json'}: file {name!r} is not a relative path inside the bundle directory"
-        )
+        assert got == str(e.value)
 
 
 # -- the verified-stamp: one file, read and written by both runtimes -----------------------------

@@ -391,6 +391,50 @@ TEST(CApi, DeviceErrors) {
   inbedder_options_destroy(o);
 }
 
+// "spinning": 0 / 1 open (the same vectors: the pool's waiting changes, not the arithmetic);
+// other values and a string are refused, and it is an open option, not an encode one.
+TEST(CApi, SpinningOption) {
+  NEED_BUNDLE(path, "INBEDDER_TEST_BUNDLE");
+  inbedder_options* o = nullptr;
+  ASSERT_EQ(inbedder_options_create(&o), INBEDDER_OK);
+  inbedder_options_set_int(o, "threads", 1);
+  std::vector<std::vector<float>> got;
+  for (long spin : {0L, 1L}) {
+    ASSERT_EQ(inbedder_options_set_int(o, "spinning", spin), INBEDDER_OK);
+    Model m(path, o);
+    ASSERT_NE(m.m, nullptr);
+    size_t dim = 0;
+    ASSERT_EQ(inbedder_model_dim(m.m, &dim), INBEDDER_OK);
+    std::vector<float> v(2 * dim);
+    ASSERT_EQ(inbedder_embed(m.m, kTexts, 2, kInstr, nullptr, v.data(), v.size(), nullptr),
+              INBEDDER_OK)
+        << last();
+    got.push_back(v);
+  }
+  EXPECT_EQ(got[0], got[1]);
+  for (long bad : {2L, -1L}) {
+    inbedder_options_set_int(o, "spinning", bad);
+    inbedder_model* m = nullptr;
+    EXPECT_EQ(inbedder_model_open(path.c_str(), o, &m), INBEDDER_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(m, nullptr);
+    EXPECT_EQ(last(),
+              "spinning must be 0 (the default: idle pool threads sleep) or 1 (they "
+              "busy-wait), got " +
+                  std::to_string(bad));
+  }
+  EXPECT_EQ(inbedder_options_set_string(o, "spinning", "yes"), INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(last(), "option 'spinning' takes an int (inbedder_options_set_int)");
+  inbedder_options_destroy(o);
+  ASSERT_EQ(inbedder_options_create(&o), INBEDDER_OK);
+  inbedder_options_set_int(o, "spinning", 1);
+  Model m(path);
+  inbedder_result* r = nullptr;
+  EXPECT_EQ(inbedder_encode(m.m, kTexts, nullptr, 2, &kInstr, 1, o, &r),
+            INBEDDER_ERR_UNKNOWN_OPTION);
+  EXPECT_EQ(last(), "option 'spinning' is an open option, not an encode option");
+  inbedder_options_destroy(o);
+}
+
 // One handle, 8 threads at once: the vectors of sequential calls, bit for bit.
 static void threads_match(const std::string& path, bool answers) {
   inbedder::Model m(path);
