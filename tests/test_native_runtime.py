@@ -866,6 +866,8 @@ MANIFEST_FAULTS = [
     ("masked", "family", "nope"),
     ("masked", "recipe", ""),
     ("masked", "recipe", "masked-answer-triple"),
+    # repr of what str.isprintable() calls unprintable: escaped; other non-ASCII as it is
+    ("masked", "recipe", "masked\u00a0answer\u2028\u200b é🙂\x7f\x00\U000e0001"),
     ("masked", "prompt", []),
     ("masked", "prompt/segments", "{input}"),
     ("masked", "prompt/segments", ["{input}", 3]),

@@ -7,6 +7,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <utf8proc.h>
 
 #include <algorithm>
 #include <cctype>
@@ -30,27 +31,60 @@ struct FieldError {
   std::string msg;
 };
 
+// Python's str.isprintable() for one code point: not a control, format, surrogate, private-use,
+// unassigned or separator character.
+bool printable(utf8proc_int32_t c) {
+  switch (utf8proc_category(c)) {
+    case UTF8PROC_CATEGORY_CC:
+    case UTF8PROC_CATEGORY_CF:
+    case UTF8PROC_CATEGORY_CS:
+    case UTF8PROC_CATEGORY_CO:
+    case UTF8PROC_CATEGORY_CN:
+    case UTF8PROC_CATEGORY_ZS:
+    case UTF8PROC_CATEGORY_ZL:
+    case UTF8PROC_CATEGORY_ZP:
+      return false;
+    default:
+      return true;
+  }
+}
+
+// repr() of a str: single quotes unless the text has ' and no "; backslash, newline, carriage
+// return and tab escaped, and what str.isprintable() calls unprintable (categories C*, Z* but
+// the space; utf8proc's Unicode tables) as \xNN / \uNNNN / \UNNNNNNNN.
 std::string py_str_repr(const std::string& s) {
-  // repr() of a str: single quotes unless the text has ' and no ".
   char q = (s.find('\'') != std::string::npos && s.find('"') == std::string::npos) ? '"' : '\'';
   std::string out(1, q);
-  for (unsigned char c : s) {
+  for (std::size_t i = 0; i < s.size();) {
+    utf8proc_int32_t c = 0;
+    utf8proc_ssize_t n = utf8proc_iterate(reinterpret_cast<const utf8proc_uint8_t*>(s.data() + i),
+                                          utf8proc_ssize_t(s.size() - i), &c);
+    if (n <= 0) {  // not UTF-8 (JSON text never is): the byte as it is
+      out += s[i++];
+      continue;
+    }
+    const std::string raw = s.substr(i, std::size_t(n));
+    i += std::size_t(n);
     if (c == '\\')
       out += "\\\\";
-    else if (c == static_cast<unsigned char>(q))
-      out += std::string("\\") + char(q);
+    else if (c == q)
+      out += std::string("\\") + q;
     else if (c == '\n')
       out += "\\n";
     else if (c == '\r')
       out += "\\r";
     else if (c == '\t')
       out += "\\t";
-    else if (c < 0x20 || c == 0x7f) {
-      char b[8];
-      std::snprintf(b, sizeof b, "\\x%02x", c);
+    else if (c != ' ' && !printable(c)) {
+      char b[16];
+      std::snprintf(b, sizeof b,
+                    c < 0x100     ? "\\x%02x"
+                    : c < 0x10000 ? "\\u%04x"
+                                  : "\\U%08x",
+                    unsigned(c));
       out += b;
     } else
-      out += char(c);
+      out += raw;
   }
   return out + q;
 }
