@@ -973,6 +973,59 @@ def test_manifest_checks_match_python(kind: str, path: str, value, bundles, capi
     assert str(n.value) == f"INBEDDER_ERR_BUNDLE: {e.value}"
 
 
+def _paths(node, prefix=()):
+    """Every path into a JSON value (dict keys and list indexes), the root's excluded."""
+    if prefix:
+        yield prefix
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        yield from _paths(v, (*prefix, k))
+
+
+_SUBSTITUTES = [
+    None, True, False, 0, -1, 1, 2, 1.5, "x", "", [], {}, [1], ["x"], {"a": 1}, 10**6, "fp16", "l2"
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["masked", "causal-opt-avg", "instructor", "st-noprompt"])
+def test_random_manifest_edits_match_python(kind: str, bundles, capi: CApi, tmp_path: Path):
+    """60 seeded random edits of one manifest value anywhere (another JSON type or value, or the
+    key removed): the native open and `Embedder` agree on every one, to the message (both open
+    the bundle, or both refuse it in the same words)."""
+    src = bundles(kind)
+    raw0 = json.loads((src / "inbedder.json").read_text())
+    paths = list(_paths(raw0))
+    rng = np.random.default_rng(15)
+    refused = 0
+    for case in range(60):
+        raw = json.loads(json.dumps(raw0))
+        path = paths[rng.integers(len(paths))]
+        node = raw
+        for k in path[:-1]:
+            node = node[k]
+        if isinstance(node, dict) and rng.random() < 0.2:
+            del node[path[-1]]
+        else:
+            node[path[-1]] = _SUBSTITUTES[rng.integers(len(_SUBSTITUTES))]
+        d = tmp_path / str(case)
+        shutil.copytree(src, d)
+        (d / "inbedder.json").write_text(json.dumps(raw))
+        try:
+            Embedder(d)
+            want = "ok"
+        except BundleError as e:
+            want = f"INBEDDER_ERR_BUNDLE: {e}"
+        try:
+            capi.close(capi.open(d))
+            got = "ok"
+        except RuntimeError as e:
+            got = str(e)
+        assert got == want, (path, raw)
+        refused += want != "ok"
+        shutil.rmtree(d)
+    assert refused >= 20  # the edits reach the checks (not only fields nobody reads)
+
+
 @pytest.mark.parametrize(("path", "value"), [("format_version", 1.0), ("prompt/strip", False)])
 def test_manifest_values_both_runtimes_accept(path: str, value, bundles, capi: CApi, tmp_path: Path):
     """Values Python's checks take (1.0 is the version 1): native opens them too."""

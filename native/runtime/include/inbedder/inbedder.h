@@ -113,8 +113,11 @@ INBEDDER_API inbedder_status inbedder_options_clear(inbedder_options* options, c
 
 /* -- model --------------------------------------------------------------------------------
  * Opens the bundle directory (plain, or versioned: inbedder.current naming a v-... directory,
- * read under a shared flock): checks the manifest (format, version, every file's size and
- * sha256, paths inside the bundle, no links out), loads the tokenizer and the ONNX graph(s).
+ * read under a shared flock): checks the manifest (format, version, every field's type, range
+ * and value, every file's size and sha256, plain file names, no links out), loads the tokenizer,
+ * runs the bundle family's checks (recipe, graph roles and outputs, token ids within the
+ * vocabulary, ...) and loads the ONNX graph(s); a failed check is INBEDDER_ERR_BUNDLE with the
+ * Python runtime's message.
  * bundle_dir may also be a hub name "org/name" that is not a directory: the bundle the Python
  * runtime fetched into the local bundle cache (<HF_HUB_CACHE>/../inbedder/bundles/...), never
  * downloaded here. options may be NULL. On failure *out is NULL. */
