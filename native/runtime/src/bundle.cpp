@@ -1,6 +1,7 @@
 // Manifest reading and the open-time checks of runtime/bundle.py, with its error texts: format
-// and version, a well-formed manifest, every file needed listed, every listed file present with
-// its size and sha256, and every path a plain relative name that stays inside the bundle.
+// and version, every field's type, range and value in its parser's order (the field readers
+// mirror _get / _int / _strings / _choice / check_file_name), every file needed listed, no link
+// leaving the bundle, every listed file a regular file with its size and sha256.
 #include "bundle.hpp"
 
 #include <fcntl.h>
