@@ -24,6 +24,7 @@ from onnx.external_data_helper import set_external_data
 ALIGNMENT = 1 << 16
 ALIGN_MIN_BYTES = 1 << 20  # smaller tensors are read, not mapped: packed, not padded
 EXTERNAL_MIN_BYTES = 1024  # smaller tensors (scalars, shapes) stay inside the graph
+_ROW_BLOCK = "inbedder:rows "  # `row_block`'s mark: "inbedder:rows <first row>:<table>"
 
 # onnxruntime fusions whose CPU kernels are slower than the ops they replace (onnxruntime 1.32,
 # 2 threads: SkipLayerNormalization (8, 64, 1024) 1.23 ms vs Add + LayerNormalization 0.15 ms;
@@ -46,8 +47,8 @@ def data_name(graph_file: str) -> str:
 def save_graph(model: onnx.ModelProto, path: Path) -> str | None:
     """Write `model` to `path` with its tensors of at least `EXTERNAL_MIN_BYTES` in
     `data_name(path.name)`, each one past `ALIGN_MIN_BYTES` at an `ALIGNMENT` offset. A weight
-    stored twice (a tied embedding and LM head) is stored once (`tie_transposed`, and identical
-    tensors share one offset of the data file).
+    stored twice (a tied embedding and LM head) is stored once (`tie_transposed`; identical
+    tensors share one offset of the data file; a `row_block` is a range inside its table).
 
     Returns the data file's name, or None when no tensor is that large (nothing written beside the
     graph). `model`'s tensors are left external (their bytes moved to the file): reload the file
@@ -58,11 +59,20 @@ def save_graph(model: onnx.ModelProto, path: Path) -> str | None:
     data.unlink(missing_ok=True)  # never append to a stale file
     tie_transposed(model)
     tensors = [t for t in _tensors(model) if t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_MIN_BYTES]
+    views = _row_blocks(tensors)  # {block's name: (its table, byte offset in the table)}
+    tensors = [t for t in tensors if t.name not in views] + [t for t in tensors if t.name in views]
     if tensors:
         written: dict[tuple[int, bytes], int] = {}  # (dtype, digest) -> offset
+        at: dict[str, int] = {}  # name -> offset
         with open(data, "wb") as f:
             for t in tensors:
                 size = len(t.raw_data)
+                if t.name in views:  # rows of a table written above: read from inside it
+                    base, start = views[t.name]
+                    set_external_data(t, data.name, at[base] + start, size)
+                    t.ClearField("raw_data")
+                    t.data_location = onnx.TensorProto.EXTERNAL
+                    continue
                 key = (t.data_type, hashlib.sha256(t.raw_data).digest())
                 if key in written:  # the same bytes again: read from the same place
                     offset = written[key]
@@ -71,11 +81,41 @@ def save_graph(model: onnx.ModelProto, path: Path) -> str | None:
                         f.write(b"\0" * (-f.tell() % ALIGNMENT))
                     offset = written[key] = f.tell()
                     f.write(t.raw_data)
+                at[t.name] = offset
                 set_external_data(t, data.name, offset, size)
                 t.ClearField("raw_data")
                 t.data_location = onnx.TensorProto.EXTERNAL
     onnx.save_model(model, str(path))
     return data.name if tensors else None
+
+
+def row_block(block: onnx.TensorProto, table: str, first_row: int) -> None:
+    """Mark `block` as rows `first_row`.. of the 2-D initializer `table` (same dtype and row width),
+    so that `save_graph` stores it as that range of the table's bytes, not a second copy. The mark
+    (the tensor's doc_string) stays in the saved graph, so later passes that reload and save it
+    keep the sharing; `save_graph` checks the bytes and stores a block that is not what it says as
+    a tensor of its own."""
+    block.doc_string = f"{_ROW_BLOCK}{first_row}:{table}"
+
+
+def _row_blocks(tensors: list[onnx.TensorProto]) -> dict[str, tuple[str, int]]:
+    """The marked row blocks (`row_block`) whose bytes are their table's rows: name -> (table,
+    byte offset inside it)."""
+    by_name = {t.name: t for t in tensors}
+    out: dict[str, tuple[str, int]] = {}
+    for t in tensors:
+        if not t.doc_string.startswith(_ROW_BLOCK):
+            continue
+        row, _, table = t.doc_string.removeprefix(_ROW_BLOCK).partition(":")
+        base = by_name.get(table)
+        if base is None or base.doc_string.startswith(_ROW_BLOCK) or not row.isdigit():
+            continue
+        if base.data_type != t.data_type or len(base.dims) != 2 or list(t.dims[1:]) != list(base.dims[1:]):
+            continue
+        start = int(row) * len(base.raw_data) // max(base.dims[0], 1)  # bytes per row x first row
+        if base.raw_data[start : start + len(t.raw_data)] == t.raw_data:
+            out[t.name] = (table, start)
+    return out
 
 
 def tie_transposed(model: onnx.ModelProto) -> list[str]:

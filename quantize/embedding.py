@@ -7,9 +7,14 @@ q[r] = round(T[r] / s[r]), s[r] = max|T[r]| / qmax; the lookup gathers the int8 
 scales and multiplies (dequantized on lookup: only the looked-up rows are ever float).
 
 A head tied to the table (a MatMul whose weight is `Transpose(T)`, as the exporter stores a tied
-weight, or an initializer equal to T^T) becomes x -> DynamicQuantizeLinear -> MatMulInteger with
-`Transpose(q)` -> times the activation scale and s: one int8 table in the file for both. The
-Transpose is folded by onnxruntime when the session starts (an int8 copy in memory, not on disk).
+weight, or an initializer equal to T^T) becomes x -> uint8 (one scale per call, or per token) ->
+one QGemm per block of rows of q, `transB` (the block as stored, so onnxruntime never makes a
+transposed copy of the table), the blocks' logits concatenated, times the activation scale and s.
+Each block is a view of the table's bytes in the data file (`onnxfile.row_block`): one int8 table
+in the file for both. Why blocks: onnxruntime pre-packs every GEMM weight at session start; a
+`Transpose(q)` head made it first fold the transpose into a whole second table, held until every
+weight was packed (+45 MB peak RSS and ~0.2 s of session start for roberta-large, measured in the
+README); a block's packing needs only that block.
 With `reduce_range` (x86 without VNNI, where u8 x s8 pair sums can saturate) a shared table uses
 7-bit values, as onnxruntime's quantizer does for weights.
 
@@ -19,13 +24,21 @@ here are fused without it (`convert.fuse(..., keep_embedding_gather=True)`).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from inbedder.onnxfile import ALIGNMENT, row_block
+
 from .pertoken import MS_DOMAIN, _Rewriter
+
+# A tied head reads the table in blocks of about this many bytes (`_head`): onnxruntime pre-packs
+# each block for its GEMM at session start, so the largest copy made while a session starts is one
+# block, where one transposed table (a 51 MB copy for roberta-large) was.
+HEAD_BLOCK_BYTES = 4 << 20
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
@@ -86,9 +99,7 @@ def quantize_tables(model: onnx.ModelProto, *, reduce_range: bool, per_token: bo
             graph.node.remove(g)
         new_inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{name}_last_axis"))
         if heads:
-            qt, zero = f"{qname}_T", f"{name}_zero"
-            new_nodes.append(_node("Transpose", [qname], qt, perm=[1, 0]))  # (H, V), folded at load
-            new_inits.append(numpy_helper.from_array(np.array(0, dtype=np.int8), zero))
+            new_inits += _head_blocks(name, q, scale, qname, sname)
         for mm in heads:
             x, out, b = mm.input[0], mm.output[0], mm.name or mm.output[0]
             if per_token:
@@ -96,27 +107,15 @@ def quantize_tables(model: onnx.ModelProto, *, reduce_range: bool, per_token: bo
                 nodes, xq, xs, zp = rows.row_quantized(x, shifted=False)
                 new_nodes += [
                     *nodes,
-                    helper.make_node(
-                        "MatMulIntegerToFloat",
-                        [xq, qt, xs, sname, zp],
-                        [out],
-                        name=f"{b}_int8",
-                        domain=MS_DOMAIN,
-                    ),  # (..., V): (xq - 128) @ qt, times the token's scale and the table row's
+                    *_head(name, b, xq, "pt.one", zp, f"{b}_q8", table.shape),
+                    _node("Mul", [f"{b}_q8", xs], out, name=f"{b}_token_scale"),  # (..., V)
                 ]
                 new_inits += [i for i in rows.new_inits if i.name not in {t.name for t in new_inits}]
-                graph.node.remove(mm)
-                continue
-            dql = helper.make_node(
-                "DynamicQuantizeLinear", [x], [f"{b}_xq", f"{b}_xs", f"{b}_xz"], name=f"{b}_dql"
-            )  # uint8 (..., H), its scale and zero point
-            new_nodes += [
-                dql,
-                _node("MatMulInteger", [f"{b}_xq", qt, f"{b}_xz", zero], f"{b}_i32"),  # (..., V) int32
-                _node("Cast", [f"{b}_i32"], f"{b}_f", to=TensorProto.FLOAT),
-                _node("Mul", [f"{b}_xs", sname], f"{b}_scale"),  # (V,): activation x row scale
-                _node("Mul", [f"{b}_f", f"{b}_scale"], out, name=f"{b}_dequant"),
-            ]
+            else:
+                dql = helper.make_node(
+                    "DynamicQuantizeLinear", [x], [f"{b}_xq", f"{b}_xs", f"{b}_xz"], name=f"{b}_dql"
+                )  # uint8 (..., H), its scale and zero point (one each for the whole tensor)
+                new_nodes += [dql, *_head(name, b, f"{b}_xq", f"{b}_xs", f"{b}_xz", out, table.shape)]
             graph.node.remove(mm)
         graph.node.extend(new_nodes)
         graph.initializer.extend(new_inits)
@@ -126,9 +125,80 @@ def quantize_tables(model: onnx.ModelProto, *, reduce_range: bool, per_token: bo
             "bits": 7 if qmax == 63.0 else 8,
             "scales": "per row (symmetric)",
             "tied_heads": [mm.name for mm in heads],
+            "head_block_rows": _block_rows(*table.shape) if heads else None,
         }
     _toposort(graph)
     return record
+
+
+def _block_rows(rows: int, width: int) -> int:
+    """Rows of the table per block of a tied head: about `HEAD_BLOCK_BYTES` of int8, a whole
+    number of `ALIGNMENT`s (so that each block's offset in the data file can be mapped)."""
+    step = ALIGNMENT // math.gcd(ALIGNMENT, width)  # the fewest rows filling whole ALIGNMENTs
+    return min(rows, step * max(1, round(HEAD_BLOCK_BYTES / (step * width))))
+
+
+def _head_blocks(
+    name: str, q: np.ndarray, scale: np.ndarray, qname: str, sname: str
+) -> list[onnx.TensorProto]:
+    """The int8 table (V, H) as blocks of rows for the tied heads' QGemms: each block a view of
+    the table's bytes in the data file (`onnxfile.row_block`: stored once), with its rows' scales
+    and zero points; and the constants a head's reshapes take."""
+    rows = _block_rows(*q.shape)
+    inits: list[onnx.TensorProto] = []
+    for k, r0 in enumerate(range(0, q.shape[0], rows)):
+        r1 = min(q.shape[0], r0 + rows)
+        block = numpy_helper.from_array(q[r0:r1], f"{qname}.rows{k}")  # (R, H)
+        row_block(block, qname, r0)
+        inits += [
+            block,
+            numpy_helper.from_array(scale[r0:r1].astype(np.float32), f"{sname}.rows{k}"),  # (R,)
+            numpy_helper.from_array(np.zeros(r1 - r0, np.int8), f"{name}_zero.rows{k}"),  # (R,)
+        ]
+    inits += [
+        numpy_helper.from_array(np.array([-1, q.shape[1]], np.int64), f"{name}_flat"),
+        numpy_helper.from_array(np.array([0], np.int64), f"{name}_start"),
+        numpy_helper.from_array(np.array([-1], np.int64), f"{name}_end"),
+        numpy_helper.from_array(np.array([q.shape[0]], np.int64), f"{name}_vocab"),
+    ]
+    return inits
+
+
+def _head(
+    name: str, b: str, xq: str, xs: str, xz: str, out: str, shape: tuple[int, ...]
+) -> list[onnx.NodeProto]:
+    """`out` (..., V) = the uint8 activations `xq` (..., H) (scale `xs`, zero point `xz`: scalars)
+    times the int8 table transposed, dequantized by the table's row scales: one QGemm per block of
+    rows (`transB`: the block as stored, no transposed copy of the table at any time), the blocks'
+    logits concatenated."""
+    v = shape[0]
+    rows = _block_rows(*shape)
+    qname, sname = f"{name}_int8", f"{name}_row_scale"
+    nodes = [
+        _node("Reshape", [xq, f"{name}_flat"], f"{b}_xq2"),  # (N, H)
+        _node("Shape", [xq], f"{b}_shape"),
+        _node("Slice", [f"{b}_shape", f"{name}_start", f"{name}_end"], f"{b}_lead"),  # (...)
+        _node("Concat", [f"{b}_lead", f"{name}_vocab"], f"{b}_out_shape", axis=0),  # (..., V)
+    ]
+    parts = []
+    for k in range(-(-v // rows)):
+        part = f"{b}_logits.rows{k}"  # (N, R)
+        nodes.append(
+            helper.make_node(
+                "QGemm",
+                [f"{b}_xq2", xs, xz, f"{qname}.rows{k}", f"{sname}.rows{k}", f"{name}_zero.rows{k}"],
+                [part],
+                name=f"{part}_qgemm",
+                domain=MS_DOMAIN,
+                transB=1,
+            )
+        )
+        parts.append(part)
+    nodes += [
+        _node("Concat", parts, f"{b}_logits", axis=1),  # (N, V)
+        _node("Reshape", [f"{b}_logits", f"{b}_out_shape"], out),  # (..., V)
+    ]
+    return nodes
 
 
 def _tied_heads(

@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from inbedder.onnxfile import ALIGNMENT, data_name, save_graph
+from inbedder.onnxfile import ALIGNMENT, data_name, row_block, save_graph
 
 
 def _model(rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -111,3 +111,85 @@ def test_a_tied_weight_is_stored_once_and_gives_identical_outputs(tmp_path: Path
     got = ort.InferenceSession(str(path)).run(None, {"ids": ids})
     for a, b in zip(want, got, strict=True):
         assert np.array_equal(a, b)  # bit for bit: a transpose and a shared offset change no value
+
+
+def _blocks_model(table: np.ndarray, rows: int, damage: bool = False) -> onnx.ModelProto:
+    """A lookup in `table` and a Gemm over each block of `rows` rows of it (marked `row_block`);
+    with `damage`, the second block's bytes differ from the table's."""
+    v, h = table.shape
+    inits = [numpy_helper.from_array(table, "table")]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["looked_up"])]
+    parts = []
+    for k, r0 in enumerate(range(0, v, rows)):
+        rows_k = table[r0 : r0 + rows].copy()
+        if damage and k == 1:
+            rows_k[0, 0] += 1.0
+        block = numpy_helper.from_array(rows_k, f"table.rows{k}")
+        row_block(block, "table", r0)
+        inits.append(block)
+        nodes.append(helper.make_node("Gemm", ["x", f"table.rows{k}"], [f"y{k}"], transB=1))
+        parts.append(f"y{k}")
+    nodes.append(helper.make_node("Concat", parts, ["y"], axis=1))
+    graph = helper.make_graph(
+        nodes,
+        "blocks",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, [None]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, h]),
+        ],
+        [
+            helper.make_tensor_value_info("looked_up", TensorProto.FLOAT, [None, h]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, v]),
+        ],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _extents(path: Path) -> dict[str, tuple[int, int]]:
+    stored = onnx.load(path, load_external_data=False)
+    out = {}
+    for t in stored.graph.initializer:
+        where = {e.key: int(e.value) for e in t.external_data if e.key in ("offset", "length")}
+        out[t.name] = (where["offset"], where["offset"] + where["length"])
+    return out
+
+
+def test_row_blocks_are_stored_inside_their_table_and_survive_a_resave(tmp_path: Path):
+    rng = np.random.default_rng(2)
+    table = rng.standard_normal((1024, 256)).astype(np.float32)  # 1 MiB, rows of 1 KiB
+    rows = ALIGNMENT // (256 * 4)  # 64 rows: each block at an aligned offset inside the table
+    ids = np.array([0, 63, 64, 1023], dtype=np.int64)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    want = ort.InferenceSession(_blocks_model(table, rows).SerializeToString()).run(
+        None, {"ids": ids, "x": x}
+    )
+    path = tmp_path / "model.onnx"
+    save_graph(_blocks_model(table, rows), path)
+    data = tmp_path / data_name("model.onnx")
+    assert table.nbytes <= data.stat().st_size < table.nbytes + ALIGNMENT  # the table once, no blocks
+    ext = _extents(path)
+    t0 = ext["table"][0]
+    for k in range(1024 // rows):
+        b0, b1 = ext[f"table.rows{k}"]
+        assert (b0, b1) == (t0 + k * rows * 1024, t0 + (k + 1) * rows * 1024)
+        assert b0 % ALIGNMENT == 0
+    got = ort.InferenceSession(str(path)).run(None, {"ids": ids, "x": x})
+    for a, b in zip(want, got, strict=True):
+        assert np.array_equal(a, b)
+    # A pass that reloads the graph and saves it again (as quantization does) keeps the sharing.
+    save_graph(onnx.load(path), path)
+    assert _extents(path) == ext and data.stat().st_size < table.nbytes + ALIGNMENT
+
+
+def test_a_row_block_whose_bytes_differ_is_stored_on_its_own(tmp_path: Path):
+    table = np.random.default_rng(3).standard_normal((1024, 256)).astype(np.float32)
+    path = tmp_path / "model.onnx"
+    save_graph(_blocks_model(table, 64, damage=True), path)
+    ext = _extents(path)
+    t0, t1 = ext["table"]
+    b0 = ext["table.rows1"][0]
+    assert not (t0 <= b0 < t1)  # not read from the table: its own bytes, after it
+    stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
+    assert stored["table.rows1"][0, 0] == table[64, 0] + 1.0
+    assert np.array_equal(stored["table.rows2"], table[128:192])

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from evalsets import CAL, HELD, SMALL, TEXTS, alone_vs_batched  # slices of the built-in set: see evalsets.py
+from graphs import assert_tied_head_blocks
 
 from inbedder import Embedder, load_manifest
 from inbedder.cli import main
@@ -39,24 +40,27 @@ def test_int8_structure(int8_bundle: Path, masked_bundle: Path):
     assert ops.count("QAttention") == 2 and "Attention" not in ops
     assert ops.count("LayerNormalization") == 6 and "Gelu" in ops
     assert "SkipLayerNormalization" not in ops and "BiasGelu" not in ops
-    # Every weight MatMul became int8 (output, FFN in/out per layer, the LM head's dense and its
-    # vocabulary projection at the slots): 2 x 3 + 2 = 8.
-    assert ops.count("MatMulInteger") == 8
+    # Every weight MatMul became int8 (output, FFN in/out per layer, the LM head's dense): 2 x 3 + 1
+    # = 7; the vocabulary projection at the slots is the tied head over the int8 table (QGemms).
+    assert ops.count("MatMulInteger") == 7
+    assert_tied_head_blocks(int8_bundle / "model.onnx", per_token=False)
     for n in g.graph.node:
         if n.op_type == "MatMul":  # what stays fp32 must be activation x activation
             assert n.input[1] not in inits, f"{n.name} has a constant fp32 weight"
-        if n.op_type == "MatMulInteger":  # an int8 weight, or the int8 table transposed (tied head)
-            made_by = {o: m for m in g.graph.node for o in m.output}
-            b = n.input[1] if n.input[1] in inits else made_by[n.input[1]].input[0]
-            assert inits[b].data_type == onnx.TensorProto.INT8
+        if n.op_type == "MatMulInteger":
+            assert inits[n.input[1]].data_type == onnx.TensorProto.INT8
     # The token-embedding table is stored once, as 8-bit rows with one scale each, dequantized
-    # after the lookup; the tied LM head reads the same int8 table (through a Transpose).
-    tables = [i for i in inits.values() if "word_embeddings" in i.name and len(i.dims) == 2]
+    # after the lookup; the tied LM head reads the same int8 table (in blocks of its rows).
+    tables = [
+        i
+        for i in inits.values()
+        if "word_embeddings" in i.name and len(i.dims) == 2 and ".rows" not in i.name
+    ]  # the table, not the blocks of its rows the tied head reads (stored inside it)
     assert [(t.data_type, t.name.endswith("_int8")) for t in tables] == [(onnx.TensorProto.INT8, True)]
     scale = inits[tables[0].name.replace("_int8", "_row_scale")]
     assert list(scale.dims) == [tables[0].dims[0]]  # (V,): per row
     users = [n.op_type for n in g.graph.node if tables[0].name in n.input]
-    assert sorted(users) == ["Gather", "Transpose"]
+    assert sorted(users) == ["Gather"]
     q = load_manifest(int8_bundle).options["quantization"]["graphs"]["encoder"]["embedding_tables"]
     assert q[tables[0].name.removesuffix("_int8")]["tied_heads"]
 
@@ -399,5 +403,6 @@ def test_cpu_sessions_keep_layer_norm_and_gelu_unfused(int8_bundle: Path, tmp_pa
     ours = session_ops(list(disabled))
     assert "SkipLayerNormalization" not in ours and "BiasGelu" not in ours
     assert ours.count("LayerNormalization") == 6 and "Gelu" in ours
-    # The int8 MatMuls still fuse, each FFN bias folded into its DynamicQuantizeMatMul.
-    assert ours.count("DynamicQuantizeMatMul") == 8 and ours.count("Gelu<-DynamicQuantizeMatMul") == 3
+    # The int8 MatMuls still fuse, each FFN bias folded into its DynamicQuantizeMatMul (7: the
+    # vocabulary projection is the tied head's QGemms).
+    assert ours.count("DynamicQuantizeMatMul") == 7 and "QGemm" in ours and ours.count("Gelu<-DynamicQuantizeMatMul") == 3

@@ -11,6 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from evalsets import TEXTS, alone_vs_batched
+from graphs import assert_tied_head_blocks
 from onnx import TensorProto, helper, numpy_helper
 
 from inbedder import Embedder, load_manifest
@@ -134,22 +135,19 @@ def test_structure(pertoken_bundle: Path):
     inits = {i.name: i for i in g.graph.initializer}
     # No operator that quantizes over the whole batch.
     assert not {"QAttention", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulInteger"} & set(ops)
-    # Every weight MatMul (2 layers x output, FFN in, FFN out; the LM head's dense and vocabulary
-    # projection) and both QKV projections are int8; the attention cores are MultiHeadAttention.
-    assert ops.count("MatMulIntegerToFloat") == 10 and ops.count("MultiHeadAttention") == 2
+    # Every weight MatMul (2 layers x output, FFN in, FFN out; the LM head's dense) and both QKV
+    # projections are int8; the attention cores are MultiHeadAttention; the vocabulary projection
+    # is the tied head over the int8 table (below).
+    assert ops.count("MatMulIntegerToFloat") == 9 and ops.count("MultiHeadAttention") == 2
     assert "Attention" not in ops
     for n in g.graph.node:
         if n.op_type == "MatMul":
             assert n.input[1] not in inits, f"{n.name} has a constant fp32 weight"
-        if n.op_type == "MatMulIntegerToFloat" and n.input[1] not in inits:
-            # the tied LM head reads the int8 table through a Transpose (quantize/embedding.py)
-            assert n.input[1].endswith("_int8_T") and n.input[3].endswith("_row_scale")
-            assert n.input[2] not in inits  # its activation scale too is computed per token
-            continue
         if n.op_type == "MatMulIntegerToFloat":
             w, ws = inits[n.input[1]], inits[n.input[3]]
             assert w.data_type == TensorProto.INT8 and list(ws.dims) == [w.dims[1]]  # per channel
             assert n.input[2] not in inits  # the activation scale is computed per token
+    assert_tied_head_blocks(pertoken_bundle / "model.onnx", per_token=True)
     q = load_manifest(pertoken_bundle).options["quantization"]
     assert q["method"].startswith("per-token")
 
