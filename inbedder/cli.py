@@ -103,10 +103,15 @@ def _print_gate(out: str, m: Manifest) -> None:
     accepted = ""
     if "accepted_attempt" in q:
         a = q["attempts"][q["accepted_attempt"]]
+        kept = next(k for k in a if k.startswith("kept_") and not k.endswith("_nodes"))  # kept_fp32
+        weights = (
+            f"{'per-channel' if a['per_channel'] else 'per-tensor'} weights"
+            if "per_channel" in a
+            else f"{m.precision} weights (block {q.get('block_size')})"
+        )
         accepted = (
             f"\naccepted attempt {a['attempt'] + 1} of {len(q['attempts'])}: "
-            f"{'per-channel' if a['per_channel'] else 'per-tensor'} weights, "
-            f"{a['kept_fp32']} MatMuls kept fp32"
+            f"{weights}, {a[kept]} MatMuls kept {kept.removeprefix('kept_')}"
         )
     print(
         f"wrote {out}: {m.precision} bundle; fidelity vs fp32 (bound {v['bound']} on held-out min):\n"
@@ -264,16 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--overwrite", action="store_true", help="replace an existing bundle at out_dir")
     e.add_argument(
-        "--precision", choices=("fp32", "int8", "fp16"), default="fp32", help="quantize after export"
+        "--precision", choices=("fp32", "int8", "int4", "fp16"), default="fp32", help="quantize after export"
     )
     e.add_argument("-v", "--verbose", action="store_true", help="show transformers' loading reports")
     e.set_defaults(func=_cmd_export)
 
-    q = sub.add_parser("quantize", help="fp32 bundle -> int8 (CPU) / fp16 (CUDA) bundle, behind a gate")
+    q = sub.add_parser("quantize", help="fp32 bundle -> int8 / int4 (CPU), fp16 (CUDA) bundle, behind a gate")
     q.add_argument("bundle", help="an fp32 bundle")
     q.add_argument("out_dir", help="the bundle directory to write")
     q.add_argument(
-        "--precision", choices=("int8", "fp16"), default="int8", help="int8 (CPU, default) or fp16 (CUDA)"
+        "--precision",
+        choices=("int8", "int4", "fp16"),
+        default="int8",
+        help="int8 (CPU, default), int4 (CPU, weight-only: the smallest bundle) or fp16 (CUDA)",
     )
     q.add_argument(
         "--calibration",
@@ -288,7 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "-i", "--instruction", default="What is this text about?", help="for texts of those files without one"
     )
-    q.add_argument("--min-cosine", type=float, default=0.99, help="refuse below this (default 0.99)")
+    q.add_argument(
+        "--min-cosine",
+        type=float,
+        default=None,
+        # the gate's DEFAULT_MIN_COSINES (not imported: the CLI loads without the quantize extra)
+        help="refuse when the held-out min cosine is below this (default: int8 0.99, fp16 0.99, int4 0.97)",
+    )
     q.add_argument(
         "--reduce-range",
         action=argparse.BooleanOptionalAction,

@@ -1,4 +1,4 @@
-"""`quantize_bundle`: an fp32 bundle -> an int8 (CPU) or fp16 (CUDA) bundle, behind a fidelity gate.
+"""`quantize_bundle`: an fp32 bundle -> an int8 or int4 (CPU) or fp16 (CUDA) bundle, behind a fidelity gate.
 
 Scope: converting every graph of the bundle (`convert.py`), staging the new bundle, running the
 gate against the source (`gate.py`) and writing the result atomically, or refusing with the
@@ -28,7 +28,7 @@ from inbedder.runtime.session import Device
 from .convert import FP16_FP32_OPS, INT8_OP_TYPES, convert_fp16, fuse, overflowing_nodes, quantize_int8
 from .embedding import quantize_tables
 from .gate import (
-    DEFAULT_MIN_COSINE,
+    DEFAULT_MIN_COSINES,
     GateFigures,
     PartFigures,
     QuantizationRefused,
@@ -37,13 +37,15 @@ from .gate import (
     measure,
     reference_outputs,
 )
+from .int4 import ACCURACY_LEVEL, BLOCK_SIZE, SYMMETRIC, quantize_int4, simulate_activations, simulate_weights
 from .isa import cpu_features
 from .pertoken import quantize_int8_invariant
 from .sensitivity import rank_end_to_end, rank_matmuls
 
-PRECISIONS: tuple[Literal["int8", "fp16"], ...] = ("int8", "fp16")
-MAX_FP32_FRACTION = 1 / 3  # int8 fallback keeps at most this share of weight MatMuls in fp32
-RANKING_TEXTS = 12  # calibration texts (spread over the part) used to rank MatMuls by int8 error
+QuantPrecision = Literal["int8", "int4", "fp16"]
+PRECISIONS: tuple[QuantPrecision, ...] = ("int8", "int4", "fp16")
+MAX_KEPT_FRACTION = 1 / 3  # the fallback keeps at most this share of weight MatMuls at higher precision
+RANKING_TEXTS = 12  # calibration texts (spread over the part) used to rank MatMuls by their error
 RANKING_CANDIDATES = 16  # MatMuls (largest local error) whose end-to-end effect is measured
 # Settings are chosen on calibration with half the bound's headroom (0.995 for a 0.99 bound): the
 # held-out part is three times larger, so its minimum is lower than calibration's.
@@ -57,16 +59,17 @@ Feeds = Mapping[str, Sequence[Mapping[str, np.ndarray]]]
 
 @dataclass(frozen=True)
 class Int8Setting:
-    """One point of the int8 search: weight scales per channel or per tensor, the weight MatMuls
-    kept in fp32, 7-bit weights or full range."""
+    """One point of the search: weight scales per channel or per tensor (int8), the weight
+    MatMuls kept at the method's `kept_as` precision (fused-graph node names), 7-bit int8
+    weights or full range."""
 
     per_channel: bool
-    kept_fp32: tuple[str, ...]
+    kept: tuple[str, ...]
     reduce_range: bool
 
 
 class Int8Convert(Protocol):
-    """Converts one fused fp32 graph file `src` into an int8 graph file `dst` (bundle layout:
+    """Converts one fused fp32 graph file `src` into a quantized graph file `dst` (bundle layout:
     `inbedder.onnxfile.save_graph`) at `setting`; returns the op counts of the result.
     `calibration_feeds` are the graph's inputs on the calibration part (what a static method
     takes its activation ranges from; empty unless the method asks for them)."""
@@ -80,10 +83,17 @@ class Int8Convert(Protocol):
     ) -> dict[str, int]: ...
 
 
+class Probe(Protocol):
+    """Converts only `node` of the fused fp32 graph `src` (the rest stays fp32) into `dst`: the
+    sensitivity ranking's measurement of that node's end-to-end effect."""
+
+    def __call__(self, src: Path, dst: Path, node: str, reduce_range: bool) -> object: ...
+
+
 @dataclass(frozen=True)
 class Int8Method:
-    """An int8 conversion the gate searches over: what it is called in the manifest, how it
-    converts, and whether it wants the calibration part's graph inputs."""
+    """A conversion the gate searches over (int8's, or int4's): what it is called in the
+    manifest, how it converts, and whether it wants the calibration part's graph inputs."""
 
     name: str
     weights: str  # recorded, e.g. "int8 (QInt8), symmetric"
@@ -93,6 +103,16 @@ class Int8Method:
     # Activations quantized per token (a vector does not depend on its batch): weights are then
     # per channel only, and a tied LM head over the int8 table is quantized per token too.
     per_token: bool = False
+    # What the fallback keeps the MatMuls this method hurts most at ("fp32"; int4: "int8").
+    kept_as: str = "fp32"
+    # Sensitivity ranking of this method: the local error's weight and activation rounding
+    # (None: int8's, `sensitivity.py`) and the one-node conversion (None: int8's, by `per_token`).
+    weight_rounding: Callable[[np.ndarray], np.ndarray] | None = None
+    activation_rounding: Callable[[np.ndarray], np.ndarray] | None = None
+    probe: Probe | None = None
+    # Recorded in the manifest beside the method (e.g. int4's block size).
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    weight_bits: int = 8
 
 
 def _dynamic(
@@ -103,7 +123,7 @@ def _dynamic(
         dst,
         reduce_range=setting.reduce_range,
         per_channel=setting.per_channel,
-        exclude=setting.kept_fp32,
+        exclude=setting.kept,
     )
 
 
@@ -118,7 +138,7 @@ DYNAMIC_INT8 = Int8Method(
 def _per_token(
     src: Path, dst: Path, setting: Int8Setting, calibration_feeds: Sequence[Mapping[str, np.ndarray]]
 ) -> dict[str, int]:
-    return quantize_int8_invariant(src, dst, reduce_range=setting.reduce_range, exclude=setting.kept_fp32)
+    return quantize_int8_invariant(src, dst, reduce_range=setting.reduce_range, exclude=setting.kept)
 
 
 PER_TOKEN_INT8 = Int8Method(
@@ -133,23 +153,69 @@ INT8_METHODS: dict[str, Int8Method] = {"per-token": PER_TOKEN_INT8, "dynamic": D
 DEFAULT_INT8_METHOD = "per-token"
 
 
+def int4_method(
+    block_size: int = BLOCK_SIZE, symmetric: bool = SYMMETRIC, accuracy_level: int = ACCURACY_LEVEL
+) -> Int8Method:
+    """int4 weights (`int4.py`: onnxruntime's MatMulNBits), the fallback keeping MatMuls at
+    per-token int8; the word-embedding table and a tied head int8 per row as in per-token int8."""
+
+    def convert(
+        src: Path, dst: Path, setting: Int8Setting, calibration_feeds: Sequence[Mapping[str, np.ndarray]]
+    ) -> dict[str, int]:
+        return quantize_int4(
+            src, dst, reduce_range=setting.reduce_range, keep_int8=setting.kept, block_size=block_size,
+            symmetric=symmetric, accuracy_level=accuracy_level,
+        )  # fmt: skip
+
+    def probe(src: Path, dst: Path, node: str, reduce_range: bool) -> object:
+        return quantize_int4(
+            src, dst, reduce_range=reduce_range, only=[node], block_size=block_size, symmetric=symmetric,
+            accuracy_level=accuracy_level,
+        )  # fmt: skip
+
+    acts = (
+        "int8 per row and block of K inside MatMulNBits (batch-independent)"
+        if accuracy_level == 4
+        else "fp32 (weights dequantized in the kernel)"
+    )
+    return Int8Method(
+        name="onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer (round to nearest)",
+        weights=f"int4 (MatMulNBits), {'symmetric' if symmetric else 'asymmetric'}, one scale per "
+        f"{block_size} rows of K",
+        activations=acts,
+        convert=convert,
+        per_token=True,
+        kept_as="int8",
+        weight_rounding=lambda w: simulate_weights(w, block_size, symmetric),
+        activation_rounding=(lambda x: simulate_activations(x, block_size)) if accuracy_level == 4 else None,
+        probe=probe,
+        settings={"block_size": block_size, "symmetric": symmetric, "accuracy_level": accuracy_level},
+        weight_bits=4,
+    )
+
+
+INT4 = int4_method()
+
+
 def quantize_bundle(
     src: str | Path,
     out: str | Path,
     *,
-    precision: Literal["int8", "fp16"] = "int8",
+    precision: QuantPrecision = "int8",
     calibration: Pairs | None = None,
     heldout: Pairs | None = None,
-    min_cosine: float = DEFAULT_MIN_COSINE,
+    min_cosine: float | None = None,
     reduce_range: bool | None = None,
     per_channel: bool = False,
     fallback: bool = True,
     overwrite: bool = False,
     int8_method: str | Int8Method = DEFAULT_INT8_METHOD,
+    int4: Int8Method = INT4,
 ) -> Manifest:
     """Write a `precision` copy of the fp32 bundle `src` to `out` (which may be `src` itself with
     `overwrite=True`) if its embeddings stay within `min_cosine` of the source's on the held-out
-    (text, instruction) pairs; otherwise raise `QuantizationRefused`.
+    (text, instruction) pairs; otherwise raise `QuantizationRefused`. `min_cosine=None` takes the
+    precision's default (`gate.DEFAULT_MIN_COSINES`: 0.99 for int8 and fp16, int4's own there).
 
     `calibration` (default: the built-in calibration part, `runtime.samples.calibration_pairs`)
     chooses the settings; `heldout` (default: the built-in held-out part) is only measured, and
@@ -162,6 +228,8 @@ def quantize_bundle(
     one marked. `int8_method` is the conversion searched over, an `Int8Method` or the name of one
     in `INT8_METHODS` (default "per-token": activations quantized per token, so a vector does not
     depend on its batch; "dynamic": onnxruntime's `quantize_dynamic`, one scale per batch).
+    `precision="int4"` searches `int4` (default `INT4`: `int4_method()`) the same way, its fallback
+    keeping the most sensitive MatMuls at per-token int8.
     """
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -169,6 +237,8 @@ def quantize_bundle(
         if int8_method not in INT8_METHODS:
             raise InputError(f"int8_method must be one of {tuple(INT8_METHODS)}, got {int8_method!r}")
         int8_method = INT8_METHODS[int8_method]
+    if min_cosine is None:
+        min_cosine = DEFAULT_MIN_COSINES[precision]
     if not 0.0 < min_cosine <= 1.0:
         raise InputError(f"min_cosine must be in (0, 1], got {min_cosine}")
     manifest = load_manifest(src)
@@ -220,10 +290,10 @@ def quantize_bundle(
         return staged, measure(ref_cal, candidate, "calibration", sources["calibration"], min_cosine)
 
     with staging(out, "quantize") as work:
-        if precision == "int8":
-            name, staged, cal = _int8_search(
+        if precision in ("int8", "int4"):
+            name, staged, cal = _ladder_search(
                 root, manifest, work, reference, cal_pairs, reduce_range, per_channel, fallback,
-                select_bound, int8_method, stage,
+                select_bound, int8_method if precision == "int8" else int4, stage,
             )  # fmt: skip
         else:
             name = "staged"
@@ -263,7 +333,7 @@ def _spread(pairs: Pairs, k: int) -> list[tuple[str, str]]:
     return list(pairs[::step][:k])
 
 
-def _int8_search(
+def _ladder_search(
     src: Path,
     manifest: Manifest,
     work: Path,
@@ -276,10 +346,11 @@ def _int8_search(
     method: Int8Method,
     stage: Callable[[dict[str, Any], Path, str], tuple[Manifest, PartFigures]],
 ) -> tuple[str, Manifest, PartFigures]:
-    """Try int8 settings from fastest to most faithful, measuring each on calibration: per-tensor
-    weights, per-channel weights, then per-channel with the weight MatMuls of largest end-to-end
-    effect (`sensitivity.rank_end_to_end`) kept in fp32, one more each step, up to
-    `MAX_FP32_FRACTION` of them. Accept the first attempt reaching `select_bound`
+    """Try settings of `method` from fastest to most faithful, measuring each on calibration:
+    per-tensor weights, per-channel weights (int8 methods that have the choice), then with the
+    weight MatMuls of largest end-to-end effect (`sensitivity.rank_end_to_end`) kept at
+    `method.kept_as` (int8: fp32; int4: per-token int8), one more each step, up to
+    `MAX_KEPT_FRACTION` of them. Accept the first attempt reaching `select_bound`
     (`gate.choose_attempt`); if none does, the best one (`gate.best_attempt`): never a setting
     worse than an earlier one. Returns the accepted attempt's staging directory name, manifest
     (its record lists every attempt, the accepted one marked) and calibration figures."""
@@ -297,6 +368,7 @@ def _int8_search(
         fusion[role] = {"fused": fused, "fusions": stats, "embedding_tables": tables}
     feeds: Feeds = reference.pipeline.graph_feeds(pairs) if method.needs_calibration_feeds else {}
     per_channel = per_channel or method.per_token
+    kept_key = f"kept_{method.kept_as}"  # "kept_fp32" (int8), "kept_int8" (int4)
     ladder: list[tuple[bool, int]] = [(per_channel, 0)]
     if fallback and not per_channel:
         ladder.append((True, 0))
@@ -311,9 +383,11 @@ def _int8_search(
         pc, n_keep = ladder[step]
         out_dir = work / f"try{step}"
         out_dir.mkdir()
+        granularity = "" if method.weight_bits != 8 else ", " + ("per-channel" if pc else "per-tensor")
         record: dict[str, Any] = {
             "method": method.name,
-            "weights": f"{method.weights}, " + ("per-channel" if pc else "per-tensor"),
+            **method.settings,
+            "weights": method.weights + granularity,
             "activations": method.activations,
             "op_types": list(INT8_OP_TYPES),
             "matmul_const_b_only": True,
@@ -326,18 +400,18 @@ def _int8_search(
         for role, graph in manifest.graphs.items():
             keep = [name for name, _ in ranking.get(role, [])[:n_keep]]
             keep_all += keep
-            setting = Int8Setting(per_channel=pc, kept_fp32=tuple(keep), reduce_range=chosen)
+            setting = Int8Setting(per_channel=pc, kept=tuple(keep), reduce_range=chosen)
             ops = method.convert(fused_dir / graph.file, out_dir / graph.file, setting, feeds.get(role, ()))
-            record["graphs"][role] = {**fusion[role], "ops": ops, "kept_fp32_nodes": keep}
+            record["graphs"][role] = {**fusion[role], "ops": ops, f"{kept_key}_nodes": keep}
         staged, cal = stage(record, out_dir, f"staged{step}")
         shutil.rmtree(out_dir)
         results.append((staged, cal))
         tried.append(
             {
                 "attempt": step,
-                "per_channel": pc,
-                "kept_fp32": n_keep,
-                "kept_fp32_nodes": keep_all,
+                **({"per_channel": pc} if method.weight_bits == 8 else {}),
+                kept_key: n_keep,
+                f"{kept_key}_nodes": keep_all,
                 "calibration_min_cosine": round(cal.min_cosine, 6),
                 "calibration_p1_cosine": round(cal.p1_cosine, 6),
                 "calibration_mean_cosine": round(cal.mean_cosine, 6),
@@ -354,15 +428,17 @@ def _int8_search(
         if accepted is not None or not fallback:
             break
         if step == len(ladder) - 1 and not ranking:
-            # Rank once, on the fused fp32 graphs: the MatMuls with the largest local int8
-            # error are candidates; their end-to-end effect orders them.
+            # Rank once, on the fused fp32 graphs: the MatMuls with the largest local error
+            # under this method are candidates; their end-to-end effect orders them.
             recorded = reference.pipeline.graph_feeds(_spread(pairs, RANKING_TEXTS))
             for role, graph in manifest.graphs.items():
                 role_feeds = recorded.get(role)
                 if role_feeds:
                     local = rank_matmuls(
-                        fused_dir / graph.file, role_feeds, per_channel=True, reduce_range=chosen
-                    )
+                        fused_dir / graph.file, role_feeds, per_channel=True, reduce_range=chosen,
+                        weight_rounding=method.weight_rounding,
+                        activation_rounding=method.activation_rounding,
+                    )  # fmt: skip
                     weight_matmuls = max(
                         weight_matmuls, len(local) + _count(fused_dir / graph.file, "Attention")
                     )
@@ -374,8 +450,9 @@ def _int8_search(
                         per_channel=True,
                         reduce_range=chosen,
                         per_token=method.per_token,
+                        probe=method.probe,
                     )
-            for n in range(1, int(weight_matmuls * MAX_FP32_FRACTION) + 1):
+            for n in range(1, int(weight_matmuls * MAX_KEPT_FRACTION) + 1):
                 ladder.append((True, n))
         step += 1
     assert best is not None

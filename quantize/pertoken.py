@@ -167,6 +167,16 @@ def quantize_int8_invariant(
     fused Attention's QKV projection; nodes named in `exclude` stay fp32, a non-empty `only`
     quantizes just those nodes. Returns the written graph's operator counts."""
     model = onnx.load(src)
+    quantize_model_int8_invariant(model, reduce_range=reduce_range, exclude=exclude, only=only)
+    save_graph(model, dst)  # the bundle layout: weights in an aligned data file
+    return dict(Counter(n.op_type for n in model.graph.node).most_common())
+
+
+def quantize_model_int8_invariant(
+    model: onnx.ModelProto, *, reduce_range: bool, exclude: Iterable[str] = (), only: Iterable[str] = ()
+) -> None:
+    """`quantize_int8_invariant` on a loaded model, in place (int4's fallback keeps its most
+    sensitive MatMuls at per-token int8 with this)."""
     rw = _Rewriter(model, reduce_range)
     skip, keep_only = set(exclude), set(only)
     out: list[onnx.NodeProto] = []
@@ -199,8 +209,6 @@ def quantize_int8_invariant(
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     _drop_unused_initializers(model)
-    save_graph(model, dst)  # the bundle layout: weights in an aligned data file
-    return dict(Counter(n.op_type for n in model.graph.node).most_common())
 
 
 def _add_constant(
@@ -232,9 +240,36 @@ def _add_constant(
     return out
 
 
-def _attention(rw: _Rewriter, n: onnx.NodeProto) -> list[onnx.NodeProto] | None:
-    """Fused Attention -> per-token int8 QKV projection + Split + MultiHeadAttention (fp32 core);
-    None when MultiHeadAttention cannot express this Attention."""
+def split_attention(model: onnx.ModelProto, exclude: Iterable[str] = ()) -> dict[str, str]:
+    """Every fused Attention of `model` (but those named in `exclude`) that MultiHeadAttention can
+    express -> fp32 QKV MatMul + Split + MultiHeadAttention, in place, so that a weight-only
+    quantizer of MatMuls (int4's MatMulNBits) reaches the QKV projection. Returns
+    {Attention name: its QKV MatMul's name}."""
+    rw = _Rewriter(model, reduce_range=False)
+    skip = set(exclude)
+    out: list[onnx.NodeProto] = []
+    made: dict[str, str] = {}
+    for n in model.graph.node:
+        converted = None
+        if n.op_type == "Attention" and n.domain == MS_DOMAIN and n.name not in skip:
+            converted = _attention(rw, n, fp32_projection=True)
+        if converted is None:
+            out.append(n)
+            continue
+        out += converted
+        made[n.name] = converted[0].name
+    model.graph.ClearField("node")
+    model.graph.node.extend(out)
+    model.graph.initializer.extend(rw.new_inits)
+    return made
+
+
+def _attention(
+    rw: _Rewriter, n: onnx.NodeProto, fp32_projection: bool = False
+) -> list[onnx.NodeProto] | None:
+    """Fused Attention -> per-token int8 QKV projection (with `fp32_projection`: an fp32 MatMul)
+    + Split + MultiHeadAttention (fp32 core); None when MultiHeadAttention cannot express this
+    Attention."""
     attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
     if set(attrs) - _MHA_ATTRS or len(n.output) > 1 or rw.opset < 13:  # Split's sizes input: opset 13
         return None
@@ -247,7 +282,11 @@ def _attention(rw: _Rewriter, n: onnx.NodeProto) -> list[onnx.NodeProto] | None:
         return None
     hidden = w.shape[1] // 3
     qkv = f"{n.name}.qkv"  # (B, S, 3 * hidden), without the bias (MultiHeadAttention adds it)
-    nodes, correction = rw.int8_matmul(n.name, x, w, qkv)
+    if fp32_projection:
+        nodes = [helper.make_node("MatMul", [x, w_name], [qkv], name=f"{n.name}/qkv")]
+        correction = None
+    else:
+        nodes, correction = rw.int8_matmul(n.name, x, w, qkv)
     if correction is not None:  # a GELU feeding attention directly: fold the shift into its bias
         b_name = rw._const(
             f"{n.name}.bias_shifted", (rw.weight_vector(b_name) + correction).astype(np.float32)

@@ -1,16 +1,17 @@
-"""Which weight MatMuls lose most to int8: a local error measured on calibration activations.
+"""Which weight MatMuls lose most to int8 (or int4): a local error on calibration activations.
 
 Scope: run the fp32 graph once per calibration input with every weight MatMul's input exposed,
 simulate onnxruntime's dynamic quantization of that one product in numpy (activations: uint8,
-asymmetric, one scale per tensor; weights: int8, symmetric, per tensor or per output column) and
-rank nodes by relative error ||x W - Q(x) Q(W)||^2 / ||x W||^2. The quantizer keeps the worst ones
-in fp32 only when the whole-bundle gate fails, and records which.
+asymmetric, one scale per tensor; weights: int8, symmetric, per tensor or per output column; or
+the rounding a method passes, e.g. int4's blocks) and rank nodes by relative error
+||x W - Q(x) Q(W)||^2 / ||x W||^2. The quantizer keeps the worst ones at higher precision only
+when the whole-bundle gate fails, and records which.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,13 @@ def rank_matmuls(
     *,
     per_channel: bool,
     reduce_range: bool,
+    weight_rounding: Callable[[np.ndarray], np.ndarray] | None = None,
+    activation_rounding: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[tuple[str, float]]:
-    """(node name, relative error) for every MatMul with a constant 2-D weight, worst first."""
+    """(node name, relative error) for every MatMul with a constant 2-D weight, worst first.
+    `weight_rounding` (K, N) -> (K, N) and `activation_rounding` (tokens, K) -> (tokens, K)
+    replace int8's simulation (another method's, e.g. int4's blocks; `activation_rounding` None
+    then means fp32 activations)."""
     import onnxruntime as ort
 
     model = onnx.load(model_path)
@@ -51,7 +57,13 @@ def rank_matmuls(
         if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2
     ]
     weights = {n.name: numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in nodes}
-    qweights = {k: _quant_weight(w, per_channel, reduce_range) for k, w in weights.items()}
+    act: Callable[[np.ndarray], np.ndarray]
+    if weight_rounding is None:
+        qweights = {k: _quant_weight(w, per_channel, reduce_range) for k, w in weights.items()}
+        act = _quant_act
+    else:
+        qweights = {k: weight_rounding(w) for k, w in weights.items()}
+        act = activation_rounding or (lambda x: x)
     inputs = sorted({n.input[0] for n in nodes})
     known = {o.name for o in model.graph.output}
     for name in inputs:
@@ -65,7 +77,7 @@ def rank_matmuls(
         for n in nodes:
             x = acts[n.input[0]].reshape(-1, weights[n.name].shape[0])  # (tokens, K)
             y = x @ weights[n.name]  # (tokens, N)
-            yq = _quant_act(x) @ qweights[n.name]
+            yq = act(x) @ qweights[n.name]
             num[n.name] += float(((yq - y) ** 2).sum())
             den[n.name] += float((y**2).sum())
     errors = [(k, num[k] / max(den[k], 1e-30)) for k in weights]
@@ -81,11 +93,13 @@ def rank_end_to_end(
     per_channel: bool,
     reduce_range: bool,
     per_token: bool = False,
+    probe: Callable[[Path, Path, str, bool], object] | None = None,
 ) -> list[tuple[str, float]]:
     """(node, 1 - min cosine of the graph's float outputs) with only that node in int8, worst
     first. Local error misses how early layers' errors grow downstream; this measures it, at one
     quantization per candidate (so callers pass a short list), with the method the bundle uses
-    (`per_token`: `pertoken.quantize_int8_invariant`, else `quantize_dynamic`)."""
+    (`probe(src, dst, node, reduce_range)` when given, e.g. int4's; else `per_token`:
+    `pertoken.quantize_int8_invariant`, else `quantize_dynamic`)."""
     import onnxruntime as ort
 
     from .convert import quantize_int8
@@ -98,7 +112,9 @@ def rank_end_to_end(
     for node in candidates:
         path = work / "probe" / "probe.onnx"
         path.parent.mkdir(exist_ok=True)
-        if per_token:
+        if probe is not None:
+            probe(model_path, path, node, reduce_range)
+        elif per_token:
             quantize_int8_invariant(model_path, path, reduce_range=reduce_range, only=[node])
         else:
             quantize_int8(model_path, path, reduce_range=reduce_range, per_channel=per_channel, only=[node])

@@ -57,7 +57,7 @@ FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
 
 
-Precision = Literal["fp32", "int8", "fp16"]
+Precision = Literal["fp32", "int8", "int4", "fp16"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 TruncationSide = Literal["left", "right"]
 TruncationStrategy = Literal["longest_first", "only_first", "only_second"]

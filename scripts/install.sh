@@ -7,7 +7,7 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 # Pin torch first: 2.13.0 is the CPU build; an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[export,test]"
+.venv/bin/python -m pip install -q -e ".[export,quantize,test]"
 
 # native build dependencies (Debian/Ubuntu)
 # The native tokenizer (native/tokenizers) builds against system libraries; install them when

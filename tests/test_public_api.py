@@ -24,8 +24,8 @@ PUBLIC = {
         "families", "known_models", "recipes", "register",
     ],
     "inbedder.quantize": [
-        "DEFAULT_MIN_COSINE", "PRECISIONS", "GateFigures", "QuantizationRefused", "cpu_features",
-        "quantize_bundle",
+        "DEFAULT_MIN_COSINE", "DEFAULT_MIN_COSINES", "PRECISIONS", "GateFigures", "QuantizationRefused",
+        "cpu_features", "quantize_bundle",
     ],
 }  # fmt: skip
 SUBPACKAGES = {"catalog", "cli", "errors", "export", "jobs", "onnxfile", "quantize", "ray", "runtime"}

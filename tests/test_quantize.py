@@ -234,7 +234,7 @@ def test_gate_bound_is_applied(masked_bundle: Path, tmp_path: Path):
     with pytest.raises(ValueError, match="min_cosine"):
         quantize_bundle(masked_bundle, tmp_path / "x", min_cosine=1.5)
     with pytest.raises(ValueError, match="precision"):
-        quantize_bundle(masked_bundle, tmp_path / "x", precision="int4")
+        quantize_bundle(masked_bundle, tmp_path / "x", precision="int2")
 
 
 def test_only_fp32_sources(int8_bundle: Path, tmp_path: Path):
