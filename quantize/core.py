@@ -189,7 +189,12 @@ def int4_method(
         weight_rounding=lambda w: simulate_weights(w, block_size, symmetric),
         activation_rounding=(lambda x: simulate_activations(x, block_size)) if accuracy_level == 4 else None,
         probe=probe,
-        settings={"block_size": block_size, "symmetric": symmetric, "accuracy_level": accuracy_level},
+        settings={
+            "bits": 4,
+            "block_size": block_size,
+            "symmetric": symmetric,
+            "accuracy_level": accuracy_level,
+        },
         weight_bits=4,
     )
 
