@@ -9,6 +9,23 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[export,quantize,test]"
 
+# A local wheelhouse for tests/test_packaging.py, which installs the built wheel with only the
+# `quantize` extra into a fresh venv without the network (--no-index --find-links): the wheels of
+# the runtime's and the quantize extra's requirements (read from the installed metadata, so
+# pyproject.toml stays the one list), at the versions .venv has (the constraints).
+WHEELHOUSE=.cache/wheelhouse
+mkdir -p "$WHEELHOUSE"
+reqs=$(.venv/bin/python -I -c '
+import importlib.metadata as md
+for r in md.requires("inbedder") or []:
+    req, _, marker = r.partition(";")
+    if not marker.strip() or marker.replace(" ", "") == "extra==\"quantize\"":
+        print(req.strip())
+')
+.venv/bin/python -m pip freeze --exclude-editable >"$WHEELHOUSE/constraints.txt"
+# shellcheck disable=SC2086  # one requirement per word
+.venv/bin/python -m pip download -q -d "$WHEELHOUSE" --only-binary=:all: -c "$WHEELHOUSE/constraints.txt" $reqs
+
 # native build dependencies (Debian/Ubuntu)
 # The native tokenizer (native/tokenizers) builds against system libraries; install them when
 # apt-get is there and something is missing (apt-get update only then). Elsewhere, install the

@@ -184,6 +184,7 @@ CASES = {
     ],
     "masked:int8": [({}, []), ({"decode_steps": 3}, ["--decode-steps", "3"])],
     "masked:fp16": [({}, [])],
+    "masked:int4": [({}, [])],  # MatMulNBits and per-token int8 (the tied head): the same kernels
     "pair": [({}, []), ({"decode_steps": 2}, ["--decode-steps", "2"])],
     "pair:int8": [({}, [])],
     "causal-opt": [({"max_new_tokens": 6}, ["--max-new-tokens", "6"])],
