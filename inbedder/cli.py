@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         # the gate's DEFAULT_MIN_COSINES (not imported: the CLI loads without the quantize extra)
-        help="refuse when the held-out min cosine is below this (default: int8 0.99, fp16 0.99, int4 0.97)",
+        help="refuse when the held-out min cosine is below this (default: int8 0.99, fp16 0.99, int4 0.93)",
     )
     q.add_argument(
         "--reduce-range",

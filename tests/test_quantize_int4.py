@@ -189,6 +189,32 @@ def test_simulated_rounding_matches_matmul_nbits(tmp_path: Path):
         assert np.abs(got - x @ w).max() > 1e-3 * np.abs(want).max()  # it is 4-bit
 
 
+def test_cli_quantizes_to_int4(masked_bundle: Path, tmp_path: Path, capsys):
+    """`inbedder quantize --precision int4` prints the gate's figures and the accepted attempt;
+    its help states the default bounds the gate applies."""
+    import json
+
+    from inbedder.cli import build_parser, main
+
+    files = []
+    for name, pairs in (("cal", SMALL["calibration"][:6]), ("held", SMALL["heldout"][:8])):
+        files.append(tmp_path / f"{name}.jsonl")
+        files[-1].write_text("".join(json.dumps({"text": t, "instruction": i}) + "\n" for t, i in pairs))
+    args = ["--calibration", str(files[0]), "--heldout", str(files[1])]
+    assert main(["quantize", str(masked_bundle), str(tmp_path / "q"), "--precision", "int4", *args]) == 0
+    out = capsys.readouterr().out
+    bound = DEFAULT_MIN_COSINES["int4"]
+    assert f"int4 bundle; fidelity vs fp32 (bound {bound} on held-out min)" in out
+    assert f"accepted attempt 1 of 1: int4 weights (block {BLOCK_SIZE}), 0 MatMuls kept int8" in out
+    sub = next(
+        a
+        for a in build_parser()._subparsers._group_actions[0].choices.values()
+        if a.prog.endswith("quantize")
+    )
+    (opt,) = [a for a in sub._actions if "--min-cosine" in a.option_strings]
+    assert all(f"{p} {b}" in (opt.help or "") for p, b in DEFAULT_MIN_COSINES.items())
+
+
 # -- real weights ----------------------------------------------------------------------------------
 
 
