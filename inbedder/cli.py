@@ -103,7 +103,8 @@ def _print_gate(out: str, m: Manifest) -> None:
     accepted = ""
     if "accepted_attempt" in q:
         a = q["attempts"][q["accepted_attempt"]]
-        kept = next(k for k in a if k.startswith("kept_") and not k.endswith("_nodes"))  # kept_fp32
+        # kept_fp32 (int8) or kept_int8 (int4): the precision the fallback keeps MatMuls at
+        kept = next(k for k in a if k.startswith("kept_") and not k.endswith("_nodes"))
         weights = (
             f"{'per-channel' if a['per_channel'] else 'per-tensor'} weights"
             if "per_channel" in a

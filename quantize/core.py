@@ -228,8 +228,8 @@ def quantize_bundle(
 
     `reduce_range=None` chooses by CPU: 7-bit weights on x86 without VNNI, where u8 x s8
     multiply-adds can saturate; full range elsewhere. The choice is recorded in the manifest.
-    With `fallback` (int8), settings give way to more faithful ones until one reaches the
-    selection bound on calibration (see `_int8_search`); every attempt is recorded, the accepted
+    With `fallback` (int8, int4), settings give way to more faithful ones until one reaches the
+    selection bound on calibration (see `_ladder_search`); every attempt is recorded, the accepted
     one marked. `int8_method` is the conversion searched over, an `Int8Method` or the name of one
     in `INT8_METHODS` (default "per-token": activations quantized per token, so a vector does not
     depend on its batch; "dynamic": onnxruntime's `quantize_dynamic`, one scale per batch).
