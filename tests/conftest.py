@@ -56,3 +56,14 @@ def pair_bundle(tiny_roberta_dir: Path, tmp_path_factory: pytest.TempPathFactory
     out = tmp_path_factory.mktemp("bundles") / "masked-answer-pair"
     export_bundle(str(tiny_roberta_dir), out, recipe="masked-answer-pair")
     return out
+
+
+@pytest.fixture(scope="session")
+def minilm_fp32(checkpoints: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """all-MiniLM-L6-v2's real weights (MLM head seeded, tied to the table), exported once per
+    session for the int8 and int4 real-weight tests."""
+    from inbedder.export import export_bundle
+
+    out = tmp_path_factory.mktemp("minilm") / "fp32"
+    export_bundle(str(checkpoints("minilm-mlm")), out)
+    return out

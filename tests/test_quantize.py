@@ -317,16 +317,14 @@ def _bundle_bytes(bundle: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def minilm_int8(tmp_path_factory: pytest.TempPathFactory, checkpoints) -> tuple[Path, Path, Path]:
+def minilm_int8(
+    tmp_path_factory: pytest.TempPathFactory, checkpoints, minilm_fp32: Path
+) -> tuple[Path, Path, Path]:
     """all-MiniLM-L6-v2's real weights (MLM head seeded, tied to the table): the fp32 export and
     its int8 bundle with every default, the full built-in evaluation set included."""
-    from inbedder.export import export_bundle
-
-    root = tmp_path_factory.mktemp("minilm-q")
-    ckpt = checkpoints("minilm-mlm")
-    export_bundle(str(ckpt), root / "fp32")
-    quantize_bundle(root / "fp32", root / "int8")
-    return ckpt, root / "fp32", root / "int8"
+    int8 = tmp_path_factory.mktemp("minilm-q") / "int8"
+    quantize_bundle(minilm_fp32, int8)
+    return checkpoints("minilm-mlm"), minilm_fp32, int8
 
 
 @pytest.mark.slow
@@ -405,4 +403,8 @@ def test_cpu_sessions_keep_layer_norm_and_gelu_unfused(int8_bundle: Path, tmp_pa
     assert ours.count("LayerNormalization") == 6 and "Gelu" in ours
     # The int8 MatMuls still fuse, each FFN bias folded into its DynamicQuantizeMatMul (7: the
     # vocabulary projection is the tied head's QGemms).
-    assert ours.count("DynamicQuantizeMatMul") == 7 and "QGemm" in ours and ours.count("Gelu<-DynamicQuantizeMatMul") == 3
+    assert (
+        ours.count("DynamicQuantizeMatMul") == 7
+        and "QGemm" in ours
+        and ours.count("Gelu<-DynamicQuantizeMatMul") == 3
+    )

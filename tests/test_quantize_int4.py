@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from evalsets import SMALL, TEXTS, alone_vs_batched  # slices of the built-in set: see evalsets.py
+from graphs import assert_tied_head_blocks
 from onnx import TensorProto, helper, numpy_helper
 
 from inbedder import Embedder, load_manifest
@@ -65,16 +66,15 @@ def test_structure(int4_bundle: Path):
     for n in mha:
         split = made_by[n.input[0]]
         assert split.op_type == "Split" and made_by[split.input[0]].op_type == "MatMulNBits"
-    # The word table: int8 per row, stored once; the tied head reads that same table (transposed),
-    # its activations quantized per token.
+    # The word table: int8 per row, stored once; the tied head reads that same table in blocks of
+    # its rows stored inside it, its activations quantized per token.
     vocab = load_manifest(int4_bundle).options["quantization"]["graphs"]["encoder"]["embedding_tables"]
     (table_name,) = vocab
     shape = tuple(vocab[table_name]["shape"])
-    big = [i for i in g.initializer if len(i.dims) == 2 and shape[0] in i.dims]
+    big = [i for i in g.initializer if len(i.dims) == 2 and shape[0] in i.dims and ".rows" not in i.name]
     assert [(i.data_type, tuple(i.dims)) for i in big] == [(TensorProto.INT8, shape)]
-    head = [n for n in g.node if n.op_type == "MatMulIntegerToFloat"]
-    assert len(head) == 1 and made_by[head[0].input[1]].input[0] == big[0].name
-    assert head[0].input[2] not in inits and head[0].input[3].endswith("_row_scale")
+    assert assert_tied_head_blocks(int4_bundle / "model.onnx", per_token=True) >= 1
+    assert "MatMulIntegerToFloat" not in ops  # every weight MatMul is int4
     assert vocab[table_name]["tied_heads"] and vocab[table_name]["bits"] == 8
 
 
@@ -143,7 +143,7 @@ def test_fallback_keeps_matmuls_at_per_token_int8(masked_bundle: Path, tmp_path:
     assert node.input[1] in inits and node.input[2] not in inits  # int8 weight, scale per token
     assert not any(n.op_type == "MatMulNBits" and n.name.startswith(kept) for n in g.node)
     ops = [n.op_type for n in g.node]
-    assert ops.count("MatMulNBits") == 8 and ops.count("MatMulIntegerToFloat") == 2  # + the tied head
+    assert ops.count("MatMulNBits") == 8 and ops.count("MatMulIntegerToFloat") == 1  # the head: QGemm
     assert m.graphs["encoder"].file and alone_vs_batched(Embedder(tmp_path / "int4"), TEXTS[:2]) <= 1e-5
 
 
@@ -219,13 +219,10 @@ def test_cli_quantizes_to_int4(masked_bundle: Path, tmp_path: Path, capsys):
 
 
 @pytest.mark.slow
-def test_int4_on_real_weights(tmp_path: Path, checkpoints):
+def test_int4_on_real_weights(tmp_path: Path, minilm_fp32: Path):
     """all-MiniLM-L6-v2 (MLM head seeded): the default settings pass the default bound on the full
     built-in held-out part, the bundle is a fraction of fp32's, vectors do not depend on the batch."""
-    from inbedder.export import export_bundle
-
-    export_bundle(str(checkpoints("minilm-mlm")), tmp_path / "fp32")
-    m = quantize_bundle(tmp_path / "fp32", tmp_path / "int4", precision="int4")
+    m = quantize_bundle(minilm_fp32, tmp_path / "int4", precision="int4")
     h, q = m.validation["heldout"], m.options["quantization"]
     print(f"MiniLM int4 vs fp32: held-out {h}; attempts {q['attempts']}")
     assert h["source"] == "built-in" and h["texts"] == len(heldout_pairs())
@@ -234,7 +231,7 @@ def test_int4_on_real_weights(tmp_path: Path, checkpoints):
     def size(b: Path) -> int:
         return sum(int(r["bytes"]) for r in load_manifest(b).files.values())
 
-    print(f"MiniLM bundles: int4 {size(tmp_path / 'int4')} B, fp32 {size(tmp_path / 'fp32')} B")
-    assert size(tmp_path / "int4") <= 0.25 * size(tmp_path / "fp32")
+    print(f"MiniLM bundles: int4 {size(tmp_path / 'int4')} B, fp32 {size(minilm_fp32)} B")
+    assert size(tmp_path / "int4") <= 0.25 * size(minilm_fp32)
     texts = [*TEXTS, *(t for t, _ in heldout_pairs()[::300])]
     assert alone_vs_batched(Embedder(tmp_path / "int4"), texts) <= 1e-5
