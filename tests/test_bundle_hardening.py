@@ -115,7 +115,7 @@ BAD_FIELDS = [
     (_set("special_tokens/pad", 400), r"special_tokens\.pad .*vocabulary"),
     (_set("special_tokens/mask", -1), r"special_tokens\.mask"),
     (_set("recipe", "masked-answer-triple"), r"recipe 'masked-answer-triple'"),
-    (_set("precision", "int4"), r"precision"),
+    (_set("precision", "int2"), r"precision"),
     (_set("postprocess", ["cube"]), r"postprocess"),
     (_set("source/vocab_size", 300), r"vocabulary .*400.* 300"),
     (_set("prompt/slot_token", "<nope>"), r"slot token"),

@@ -931,7 +931,7 @@ MANIFEST_FAULTS = [
     ("masked", "decode/special_ids", [999]),
     ("masked", "decode/special_ids", [True]),
     ("masked", "decode/special_ids", "x"),
-    ("masked", "precision", "int4"),
+    ("masked", "precision", "int2"),
     ("masked", "precision", 8),
     ("masked", "source", 3),
     ("masked", "source/vocab_size", 300),

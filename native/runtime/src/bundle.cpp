@@ -321,7 +321,7 @@ Manifest parse(const json& d) {
   m.embedding_dim = get_int(d, "embedding_dim", "", 1);
   m.pooling = get_object(d, "pooling", false);
   m.decode = get_object(d, "decode");
-  m.precision = get_choice(d, "precision", "", {"fp32", "int8", "fp16"}, "fp32");
+  m.precision = get_choice(d, "precision", "", {"fp32", "int8", "int4", "fp16"}, "fp32");
   m.source = get_object(d, "source");
   get_object(d, "exporter");
   get_object(d, "validation");
