@@ -13,6 +13,7 @@ fallback as users get them). Each int8 bundle against the fp32 one, both run by 
 
     .venv/bin/python bench/quant_eval.py --work /tmp/inbedder-quant-eval [--methods per-token dynamic]
     .venv/bin/python bench/quant_eval.py --work DIR --methods int4-b32-sym-l4 int4-b128-asym-l0 int4-default
+    .venv/bin/python bench/quant_eval.py --work DIR --methods per-token static smooth
 
 int4 settings by name, `int4-b{block}-{sym|asym}-l{accuracy level}`: every weight MatMul int4 with
 the gate out of the way; `...-ladder`: those settings with the gate and its fallback at the default
@@ -46,6 +47,9 @@ METHODS: dict[str, dict] = {
     "dynamic-default": {"int8_method": "dynamic"},  # today's default: the gate and its fallback
     "per-token-default": {"int8_method": "per-token"},  # the new default
     "int4-default": {"precision": "int4"},  # the default int4 settings, the gate and its fallback
+    # int8 variants measured, not shipped (bench/int8_variants.py): every MatMul int8, no fallback
+    "static": {"int8_method": "static", "fallback": False, "min_cosine": 1e-6},
+    "smooth": {"int8_method": "smooth", "fallback": False, "min_cosine": 1e-6},
 }
 for _block in (32, 64, 128):
     for _sym in (True, False):
@@ -122,6 +126,12 @@ def main() -> None:
         out = work / f"minilm-{name}"
         t0 = time.perf_counter()
         kwargs = dict(METHODS[name])
+        if kwargs.get("int8_method") in ("static", "smooth"):
+            import int8_variants
+
+            kwargs["int8_method"] = {"static": int8_variants.STATIC, "smooth": int8_variants.SMOOTH}[
+                kwargs["int8_method"]
+            ]
         if isinstance(kwargs.get("int4"), dict):
             kwargs["int4"] = int4_method(**kwargs["int4"])
         if kwargs.pop("short_parts", False):  # this script measures the held-out part itself
