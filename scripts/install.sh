@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv and installs inbedder with the export and test extras (CPU torch 2.13.0).
+# Creates .venv and installs inbedder with the export, quantize and test extras (CPU torch 2.13.0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
