@@ -15,10 +15,12 @@ smooth     SmoothQuant (Xiao et al. 2022): per input channel j of each weight Ma
            QKV projection), s_j = max|x_j|^a / max|W_j|^(1-a) (a = ALPHA) from the calibration
            tokens; x / s before the per-token quantization (an explicit Mul: the LayerNorm output it
            would fold into also feeds the residual), W rows times s. Then the default per-token int8.
+The static method plugs its rewriter into `pertoken.quantize_model_int8_invariant(rewriter=)`.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -29,7 +31,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from inbedder.onnxfile import save_graph
 from inbedder.quantize.core import Int8Method, Int8Setting
-from inbedder.quantize.pertoken import GELU_OPS, GELU_SHIFT, MS_DOMAIN, _Rewriter, quantize_int8_invariant
+from inbedder.quantize.pertoken import (
+    GELU_OPS,
+    GELU_SHIFT,
+    MS_DOMAIN,
+    _Rewriter,
+    quantize_model_int8_invariant,
+)
 
 ALPHA = 0.5
 
@@ -101,14 +109,14 @@ def _static(
 ) -> dict[str, int]:
     model = onnx.load(src)
     peaks = channel_peaks(src, [x for x, _ in _targets(model, setting.kept).values()], calibration_feeds)
-    import inbedder.quantize.pertoken as pt
-
-    original = pt._Rewriter
-    pt._Rewriter = lambda m, reduce_range: _StaticRewriter(m, reduce_range, peaks)  # type: ignore[misc,assignment]  # the one seam
-    try:
-        return quantize_int8_invariant(src, dst, reduce_range=setting.reduce_range, exclude=setting.kept)
-    finally:
-        pt._Rewriter = original  # type: ignore[misc]
+    quantize_model_int8_invariant(
+        model,
+        reduce_range=setting.reduce_range,
+        exclude=setting.kept,
+        rewriter=lambda m, reduce_range: _StaticRewriter(m, reduce_range, peaks),
+    )
+    save_graph(model, dst)
+    return dict(Counter(n.op_type for n in model.graph.node))
 
 
 def _smooth(
@@ -132,23 +140,14 @@ def _smooth(
         model.graph.initializer.extend([scaled, inv])
         node = by_name[name]
         node.input[0], node.input[1] = f"{name}.smoothed", scaled.name
-        model.graph.node.append(
-            helper.make_node("Mul", [x, inv.name], [f"{name}.smoothed"], name=f"{name}/smooth")
+        at = list(model.graph.node).index(node)  # the Mul just before its reader: still sorted
+        model.graph.node.insert(
+            at, helper.make_node("Mul", [x, inv.name], [f"{name}.smoothed"], name=f"{name}/smooth")
         )
-    from inbedder.quantize.embedding import _toposort
-
-    _toposort(model.graph)
-    used = {i for n in model.graph.node for i in n.input}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    model.graph.ClearField("initializer")
-    model.graph.initializer.extend(keep)
-    smoothed = dst.parent / f"{dst.stem}.smoothed.onnx"
-    save_graph(model, smoothed)
-    try:
-        return quantize_int8_invariant(smoothed, dst, reduce_range=setting.reduce_range, exclude=setting.kept)
-    finally:
-        smoothed.unlink(missing_ok=True)
-        (smoothed.parent / (smoothed.name + ".data")).unlink(missing_ok=True)
+    # the unscaled weights are dropped with the other unused initializers
+    quantize_model_int8_invariant(model, reduce_range=setting.reduce_range, exclude=setting.kept)
+    save_graph(model, dst)
+    return dict(Counter(n.op_type for n in model.graph.node))
 
 
 STATIC = Int8Method(

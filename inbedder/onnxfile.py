@@ -102,6 +102,7 @@ def _row_blocks(tensors: list[onnx.TensorProto]) -> dict[str, tuple[str, int]]:
     """The marked row blocks (`row_block`) whose bytes are their table's rows: name -> (table,
     byte offset inside it)."""
     by_name = {t.name: t for t in tensors}
+    raw: dict[str, bytes] = {}  # a table's bytes, read once (each .raw_data access copies them)
     out: dict[str, tuple[str, int]] = {}
     for t in tensors:
         if not t.doc_string.startswith(_ROW_BLOCK):
@@ -112,8 +113,10 @@ def _row_blocks(tensors: list[onnx.TensorProto]) -> dict[str, tuple[str, int]]:
             continue
         if base.data_type != t.data_type or len(base.dims) != 2 or list(t.dims[1:]) != list(base.dims[1:]):
             continue
-        start = int(row) * len(base.raw_data) // max(base.dims[0], 1)  # bytes per row x first row
-        if base.raw_data[start : start + len(t.raw_data)] == t.raw_data:
+        data = raw.setdefault(table, base.raw_data)
+        block = t.raw_data
+        start = int(row) * len(data) // max(base.dims[0], 1)  # bytes per row x first row
+        if data[start : start + len(block)] == block:
             out[t.name] = (table, start)
     return out
 

@@ -28,7 +28,7 @@ the half of a symmetric range its positive values would get; the shift comes out
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -173,11 +173,17 @@ def quantize_int8_invariant(
 
 
 def quantize_model_int8_invariant(
-    model: onnx.ModelProto, *, reduce_range: bool, exclude: Iterable[str] = (), only: Iterable[str] = ()
+    model: onnx.ModelProto,
+    *,
+    reduce_range: bool,
+    exclude: Iterable[str] = (),
+    only: Iterable[str] = (),
+    rewriter: Callable[[onnx.ModelProto, bool], _Rewriter] = _Rewriter,
 ) -> None:
     """`quantize_int8_invariant` on a loaded model, in place (int4's fallback keeps its most
-    sensitive MatMuls at per-token int8 with this)."""
-    rw = _Rewriter(model, reduce_range)
+    sensitive MatMuls at per-token int8 with this). `rewriter(model, reduce_range)` makes the
+    rewriter: a subclass may quantize the activations otherwise (bench/int8_variants.py)."""
+    rw = rewriter(model, reduce_range)
     skip, keep_only = set(exclude), set(only)
     out: list[onnx.NodeProto] = []
     users: dict[str, list[onnx.NodeProto]] = {}

@@ -57,7 +57,7 @@ def _vec(bundle: Path, **kw) -> np.ndarray:
     return Embedder(bundle, **kw).encode(["hello there"], "What is it?")
 
 
-def _flip_in_place(path: Path, keep_mtime: bool = True) -> None:
+def flip_in_place(path: Path, keep_mtime: bool = True) -> None:
     """Change one byte in the middle of the file, same size, mtime restored (ctime moves)."""
     st = path.stat()
     with open(path, "r+b") as f:
@@ -109,7 +109,7 @@ def _replace_same_size(path: Path) -> None:
 
 
 def _touch_changed(path: Path) -> None:
-    _flip_in_place(path, keep_mtime=False)
+    flip_in_place(path, keep_mtime=False)
 
 
 def _grow(path: Path) -> None:
@@ -122,7 +122,7 @@ def _grow(path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        (_flip_in_place, "sha256 differs"),  # same size, mtime restored: ctime moved
+        (flip_in_place, "sha256 differs"),  # same size, mtime restored: ctime moved
         (_touch_changed, "sha256 differs"),  # same size, new mtime
         (_replace_same_size, "sha256 differs"),  # another inode, same size and mtime
         (_grow, "size .* differs"),
@@ -146,7 +146,7 @@ def test_a_stamp_copied_from_another_copy_is_not_trusted(copy: Path, tmp_path: P
     other = tmp_path / "other"
     shutil.copytree(copy, other)  # copies the stamp too, mtimes kept (copy2)
     assert read_stamp(other) == read_stamp(copy)
-    _flip_in_place(other / "model.onnx.data")
+    flip_in_place(other / "model.onnx.data")
     with pytest.raises(BundleError, match="sha256 differs"):
         Embedder(other)
 
@@ -169,7 +169,7 @@ def test_a_damaged_stamp_means_full_hashing(copy: Path, hashed: list[str], no_ra
     hashed.clear()
     _vec(copy)
     assert sorted(hashed) == sorted(GRAPHS)
-    _flip_in_place(copy / "model.onnx")
+    flip_in_place(copy / "model.onnx")
     with pytest.raises(BundleError, match="sha256 differs"):
         Embedder(copy)
 
@@ -180,7 +180,7 @@ def test_a_stamp_entry_with_another_checksum_is_not_trusted(copy: Path, no_racy_
     raw = json.loads((copy / STAMP_NAME).read_text())
     raw["files"]["model.onnx.data"]["sha256"] = "0" * 64
     (copy / STAMP_NAME).write_text(json.dumps(raw))
-    _flip_in_place(copy / "model.onnx.data")
+    flip_in_place(copy / "model.onnx.data")
     # The forged entry matches the file's key but not the manifest: hashed, caught.
     st = os.lstat(copy / "model.onnx.data")
     raw["files"]["model.onnx.data"].update(ctime_ns=st.st_ctime_ns, mtime_ns=st.st_mtime_ns)
@@ -194,7 +194,7 @@ def test_what_a_stamp_cannot_see_full_verification_does(copy: Path, no_racy_wind
     by rewriting the stamp with the damaged file's new status, as damage below the file system
     would look) passes a "stamp" open; verify="full" catches it."""
     _vec(copy)
-    _flip_in_place(copy / "model.onnx.data")
+    flip_in_place(copy / "model.onnx.data")
     raw = json.loads((copy / STAMP_NAME).read_text())
     st = os.lstat(copy / "model.onnx.data")
     raw["files"]["model.onnx.data"].update(ctime_ns=st.st_ctime_ns, mtime_ns=st.st_mtime_ns)

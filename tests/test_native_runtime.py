@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_bundle_stamp import flip_in_place
 
 from inbedder import Embedder
 from inbedder.errors import InputError
@@ -779,13 +780,7 @@ def test_stamp_shared_between_runtimes(bundles, build: Path, tmp_path: Path):
     # A byte changed with its mtime restored: ctime moved, so it is hashed, and caught.
     load_manifest(d)
     data = d / "model.onnx.data"
-    st = data.stat()
-    with open(data, "r+b") as f:
-        f.seek(st.st_size // 2)
-        b = f.read(1)
-        f.seek(st.st_size // 2)
-        f.write(bytes([b[0] ^ 0xFF]))
-    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
+    flip_in_place(data)
     got, hashed = _native_load(build, d)
     assert got == f"{data}: sha256 differs from the manifest (changed or corrupted file)"
     assert hashed == ["model.onnx.data"]

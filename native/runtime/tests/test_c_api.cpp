@@ -20,6 +20,16 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// Changes the byte at `offset` of the file in place (same size).
+void flip_byte(const fs::path& path, std::streamoff offset) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(offset);
+  char c = 0;
+  f.get(c);
+  f.seekp(offset);
+  f.put(char(c ^ 0x5a));
+}
+
 std::string env(const char* name) {
   const char* v = std::getenv(name);
   return v ? v : "";
@@ -139,12 +149,7 @@ TEST(CApi, DamagedBundleEachFile) {
       } else if (std::string(how) == "truncate") {
         fs::resize_file(p, fs::file_size(p) / 2);
       } else {
-        std::fstream f(p, std::ios::in | std::ios::out | std::ios::binary);
-        f.seekg(0);
-        char c = 0;
-        f.get(c);
-        f.seekp(0);
-        f.put(char(c ^ 0x5a));
+        flip_byte(p, 0);
       }
       inbedder_model* m = nullptr;
       inbedder_status s = inbedder_model_open(tmp.c_str(), nullptr, &m);
@@ -539,14 +544,7 @@ TEST(CApi, VerifyModesAndStamp) {
   // A byte of the weights changed, mtime restored: caught under "stamp", skipped under "none".
   fs::path data = tmp / "model.onnx.data";
   auto when = fs::last_write_time(data);
-  {
-    std::fstream f(data, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekg(64);
-    char c = 0;
-    f.get(c);
-    f.seekp(64);
-    f.put(char(c ^ 0x5a));
-  }
+  flip_byte(data, 64);  // the stream is closed before the mtime is restored
   fs::last_write_time(data, when);
   EXPECT_EQ(open_with("stamp", 0), INBEDDER_ERR_BUNDLE);
   EXPECT_NE(last().find("sha256 differs"), std::string::npos) << last();
