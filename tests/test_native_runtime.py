@@ -681,6 +681,8 @@ def test_manifest_errors_match_python(bundles, build: Path, tmp_path: Path):
 
 # -- the installed package in another project ---------------------------------------------------
 def test_installed_package_consumer(build: Path, bundles, tmp_path: Path):
+    """main.c and main.cpp built against inbedder::inbedder and inbedder::inbedder_static of the
+    installed package give the Python runtime's vectors; the static ones need no libinbedder.so."""
     prefix = tmp_path / "prefix"
     subprocess.run(
         ["cmake", "--install", str(build), "--prefix", str(prefix)], check=True, capture_output=True
@@ -695,7 +697,20 @@ def test_installed_package_consumer(build: Path, bundles, tmp_path: Path):
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     bundle = bundles("masked")
     want = Embedder(bundle).encode(["I love cats!", "ok"], "What animal?")
-    for exe in ("consumer_c", "consumer_cpp"):
+    for exe in ("consumer_c", "consumer_cpp", "consumer_c_static", "consumer_cpp_static"):
+        needed = [
+            ln.split("[", 1)[1].rstrip("]")
+            for ln in subprocess.run(
+                ["readelf", "-d", str(cb / exe)], capture_output=True, text=True, check=True
+            ).stdout.splitlines()
+            if "(NEEDED)" in ln
+        ]
+        # libinbedder.a linked in: no libinbedder.so at run time, ONNX Runtime's library still.
+        if exe.endswith("_static"):
+            assert not any(n.startswith("libinbedder") for n in needed), (exe, needed)
+            assert any(n.startswith("libonnxruntime.so") for n in needed), (exe, needed)
+        else:
+            assert any(n.startswith("libinbedder.so") for n in needed), (exe, needed)
         done = subprocess.run(
             [str(cb / exe), str(bundle)],
             capture_output=True,
@@ -705,6 +720,22 @@ def test_installed_package_consumer(build: Path, bundles, tmp_path: Path):
         assert done.returncode == 0, done.stderr
         got = np.array([float(x) for x in done.stdout.split()], dtype=np.float32).reshape(want.shape)
         assert np.abs(got - want).max() <= TOL
+
+    # Without pkg-config the static target is left undefined, with a message; the shared one works.
+    cb = tmp_path / "consumer-shared-only"
+    for cmd in (
+        ["cmake", "-S", str(src), "-B", str(cb), f"-DCMAKE_PREFIX_PATH={prefix}", "-DCONSUMER_STATIC=OFF",
+         f"-DPKG_CONFIG_EXECUTABLE={tmp_path / 'no-pkg-config'}"],
+        ["cmake", "--build", str(cb), "--target", "consumer_c"],
+    ):  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        if "-S" in cmd:
+            assert "inbedder::inbedder_static is not defined, not found: pkg-config" in done.stdout
+    done = subprocess.run([str(cb / "consumer_c"), str(bundle)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    got = np.array([float(x) for x in done.stdout.split()], dtype=np.float32).reshape(want.shape)
+    assert np.abs(got - want).max() <= TOL
 
 
 def test_manifest_paths_stay_inside_the_bundle(bundles, build: Path, tmp_path: Path):

@@ -4,6 +4,12 @@
 
 #include <inbedder/inbedder.h>
 
+/* inbedder::inbedder_static's interface defines INBEDDER_STATIC (INBEDDER_API empty); the shared
+ * inbedder::inbedder does not. */
+#if defined(CONSUMER_EXPECTS_STATIC) != defined(INBEDDER_STATIC)
+#error "INBEDDER_STATIC must come from (and only from) inbedder::inbedder_static"
+#endif
+
 int main(int argc, char** argv) {
   const char* texts[2] = {"I love cats!", "ok"};
   const char* instruction = "What animal?";

@@ -2,6 +2,12 @@
 #include <cstdio>
 #include <inbedder/inbedder.hpp>
 
+// inbedder::inbedder_static's interface defines INBEDDER_STATIC (INBEDDER_API empty); the shared
+// inbedder::inbedder does not.
+#if defined(CONSUMER_EXPECTS_STATIC) != defined(INBEDDER_STATIC)
+#error "INBEDDER_STATIC must come from (and only from) inbedder::inbedder_static"
+#endif
+
 int main(int argc, char** argv) {
   if (argc != 2) return 2;
   try {
