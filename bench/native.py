@@ -11,7 +11,16 @@ then B A, ...), and the ratios native/Python are taken pair by pair, so a machin
 drifts (other jobs) does not favour one side. The native side is `inbedder-bench` (C API, no
 Python). Also prints the shared library's size, the libraries it links (ldd) and the CPU flags.
 
+Throughput is also measured interleaved in one process (`--rounds`, 0 to skip): the Python
+runtime and libinbedder (through its C API, ctypes) open the same bundle side by side, and each
+round both encode all texts, the order alternating; the ratio is taken round by round. On a
+machine whose speed drifts by 10-20% between and within processes (as here), per-process pairs
+need many pairs to resolve a few percent; the interleaved rounds compare the two runtimes seconds
+apart in the same process (same allocator state and page cache), so their ratio is the steadier
+figure. Each call's CPU seconds are the process's (calls are sequential and neither pool spins).
+
     python bench/native.py --work /tmp/inbedder-native-bench [--shape large|base] [--runs 3] [--pairs 3]
+        [--rounds 10]
 
 Prints a table and writes native-results.json in the work directory.
 """
@@ -117,6 +126,54 @@ def python_worker(bundle: Path, texts_file: Path, batch: int, runs: int, threads
             "cpu_s_per_text": cpu_per_text, "peak_rss_mb": peak_rss_mb()}  # fmt: skip
 
 
+def interleaved_worker(bundle: Path, texts_file: Path, build_dir: Path, rounds: int, threads: int) -> dict:
+    """Runs in its own process (--interleaved): both runtimes in this process, alternating."""
+    import statistics
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from inbedder import Embedder
+    from native import CApi
+
+    texts = texts_file.read_text(encoding="utf-8").splitlines()
+    api = CApi(build_dir)
+    model = api.open(bundle, threads=threads)
+    emb = Embedder(bundle, threads=threads)
+
+    def native(batch: int) -> None:
+        status, msg, result = api.encode(model, texts, [INSTRUCTION], batch_size=batch)
+        if status != "INBEDDER_OK":
+            raise RuntimeError(f"{status}: {msg}")
+        api.free(result)
+
+    def python(batch: int) -> None:
+        emb.encode(texts, INSTRUCTION, batch_size=batch)
+
+    out = {}
+    for batch in (1, 8):
+        native(batch)  # warm-up
+        python(batch)
+        speed, work, per_text = [], [], {"native": [], "python": []}
+        for k in range(rounds):
+            took = {}
+            order = (("native", native), ("python", python))
+            for name, call in order if k % 2 == 0 else order[::-1]:
+                t, c = time.perf_counter(), time.process_time()
+                call(batch)
+                took[name] = (time.perf_counter() - t, time.process_time() - c)
+                per_text[name].append(took[name][0] / len(texts))
+            speed.append(took["python"][0] / took["native"][0])  # native texts/s over Python's
+            work.append(took["python"][1] / took["native"][1])
+        out[str(batch)] = {
+            "rounds": rounds, "speed_ratio_median": statistics.median(speed),
+            "speed_ratio_min": min(speed), "speed_ratio_max": max(speed),
+            "cpu_ratio_median": statistics.median(work),
+            "native_texts_per_s": 1 / statistics.median(per_text["native"]),
+            "python_texts_per_s": 1 / statistics.median(per_text["python"]),
+        }  # fmt: skip
+    api.close(model)
+    return out
+
+
 def native_build() -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
     from native import build_native
@@ -185,12 +242,19 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--pairs", type=int, default=3, help="alternating native/Python pairs per batch size")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=10, help="interleaved in-process rounds (0: skip)")
     ap.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--interleaved", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker is not None:
         bundle = args.work / f"int8-{args.shape}"
         print(json.dumps(python_worker(bundle, args.worker, args.batch, args.runs, args.threads)))
+        return
+    if args.interleaved is not None:
+        bundle = args.work / f"int8-{args.shape}"
+        result = interleaved_worker(bundle, args.interleaved, native_build(), args.rounds, args.threads)
+        print(json.dumps(result))
         return
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -209,11 +273,19 @@ def main() -> None:
             for runtime in ("python", "native") if pair % 2 == 0 else ("native", "python"):
                 rows.append({"runtime": runtime, "batch": batch, "pair": pair,
                              **run_one(runtime, batch, args, bundle, texts_file, tool)})  # fmt: skip
+    interleaved = {}
+    if args.rounds > 0:
+        cmd = [sys.executable, __file__, "--work", str(args.work), "--shape", args.shape,
+               "--interleaved", str(texts_file), "--rounds", str(args.rounds),
+               "--threads", str(args.threads)]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        interleaved = json.loads(done.stdout.strip().splitlines()[-1])
     lib = (build_dir / "native" / "runtime" / "libinbedder.so").resolve()
     ldd = subprocess.run(["ldd", str(lib)], capture_output=True, text=True).stdout
     result = {
         "shape": args.shape, "tokens": args.tokens, "texts": args.texts, "threads": args.threads,
         "runs": args.runs, "weights_mb": weights_mb, "rows": rows, "summary": summary(rows, weights_mb),
+        "interleaved": interleaved,
         "cpu": cpu_flags(), "load_average": os.getloadavg(), "libinbedder_bytes": lib.stat().st_size,
         "ldd": [ln.split()[0] for ln in ldd.splitlines() if ln.strip()],
     }  # fmt: skip
@@ -235,6 +307,13 @@ def main() -> None:
             f"{row['speed_ratio_median']:.3f} "
             f"(min {row['speed_ratio_min']:.3f}, max {row['speed_ratio_max']:.3f}, {row['pairs']} pairs); "
             f"CPU per text Python/native: {row['cpu_ratio_median']:.3f}"
+        )
+    for batch, r in interleaved.items():
+        print(
+            f"  batch {batch}, interleaved in one process ({r['rounds']} rounds): native/Python texts/s "
+            f"median {r['speed_ratio_median']:.3f} (min {r['speed_ratio_min']:.3f}, max "
+            f"{r['speed_ratio_max']:.3f}; native {r['native_texts_per_s']:.2f}, Python "
+            f"{r['python_texts_per_s']:.2f} texts/s); CPU per text Python/native: {r['cpu_ratio_median']:.3f}"
         )
     print(f"load average at the end: {' '.join(f'{x:.1f}' for x in result['load_average'])}")
     print(f"libinbedder.so: {lib.stat().st_size / 1e6:.2f} MB; links {', '.join(result['ldd'])}")
