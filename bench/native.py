@@ -132,7 +132,7 @@ def interleaved_worker(bundle: Path, texts_file: Path, build_dir: Path, rounds: 
 
     sys.path.insert(0, str(ROOT / "tests"))
     from inbedder import Embedder
-    from native import CApi
+    from native import CApi  # tests/native.py: libinbedder's C API through ctypes
 
     texts = texts_file.read_text(encoding="utf-8").splitlines()
     api = CApi(build_dir)
@@ -245,6 +245,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10, help="interleaved in-process rounds (0: skip)")
     ap.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--interleaved", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--build-dir", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker is not None:
@@ -253,7 +254,7 @@ def main() -> None:
         return
     if args.interleaved is not None:
         bundle = args.work / f"int8-{args.shape}"
-        result = interleaved_worker(bundle, args.interleaved, native_build(), args.rounds, args.threads)
+        result = interleaved_worker(bundle, args.interleaved, args.build_dir, args.rounds, args.threads)
         print(json.dumps(result))
         return
 
@@ -276,7 +277,7 @@ def main() -> None:
     interleaved = {}
     if args.rounds > 0:
         cmd = [sys.executable, __file__, "--work", str(args.work), "--shape", args.shape,
-               "--interleaved", str(texts_file), "--rounds", str(args.rounds),
+               "--interleaved", str(texts_file), "--build-dir", str(build_dir), "--rounds", str(args.rounds),
                "--threads", str(args.threads)]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         interleaved = json.loads(done.stdout.strip().splitlines()[-1])

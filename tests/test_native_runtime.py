@@ -680,6 +680,29 @@ def test_manifest_errors_match_python(bundles, build: Path, tmp_path: Path):
 
 
 # -- the installed package in another project ---------------------------------------------------
+def _configure_and_build(src: Path, cb: Path, *configure: str, target: str | None = None) -> str:
+    """Configure and build a CMake project; the configure step's output."""
+    build = ["cmake", "--build", str(cb)] + (["--target", target] if target else [])
+    outs = []
+    for cmd in (["cmake", "-S", str(src), "-B", str(cb), *configure], build):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        outs.append(done.stdout)
+    return outs[0]
+
+
+def _consumer_vectors(exe: Path, bundle: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """What a consumer executable prints for the bundle (run without LD_LIBRARY_PATH)."""
+    done = subprocess.run(
+        [str(exe), str(bundle)],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"},
+    )
+    assert done.returncode == 0, done.stderr
+    return np.array([float(x) for x in done.stdout.split()], dtype=np.float32).reshape(shape)
+
+
 def test_installed_package_consumer(build: Path, bundles, tmp_path: Path):
     """main.c and main.cpp built against inbedder::inbedder and inbedder::inbedder_static of the
     installed package give the Python runtime's vectors; the static ones need no libinbedder.so."""
@@ -689,12 +712,7 @@ def test_installed_package_consumer(build: Path, bundles, tmp_path: Path):
     )
     src = ROOT / "native" / "runtime" / "tests" / "consumer"
     cb = tmp_path / "consumer-build"
-    for cmd in (
-        ["cmake", "-S", str(src), "-B", str(cb), f"-DCMAKE_PREFIX_PATH={prefix}"],
-        ["cmake", "--build", str(cb)],
-    ):
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _configure_and_build(src, cb, f"-DCMAKE_PREFIX_PATH={prefix}")
     bundle = bundles("masked")
     want = Embedder(bundle).encode(["I love cats!", "ok"], "What animal?")
     for exe in ("consumer_c", "consumer_cpp", "consumer_c_static", "consumer_cpp_static"):
@@ -711,31 +729,16 @@ def test_installed_package_consumer(build: Path, bundles, tmp_path: Path):
             assert any(n.startswith("libonnxruntime.so") for n in needed), (exe, needed)
         else:
             assert any(n.startswith("libinbedder.so") for n in needed), (exe, needed)
-        done = subprocess.run(
-            [str(cb / exe), str(bundle)],
-            capture_output=True,
-            text=True,
-            env={k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"},
-        )
-        assert done.returncode == 0, done.stderr
-        got = np.array([float(x) for x in done.stdout.split()], dtype=np.float32).reshape(want.shape)
-        assert np.abs(got - want).max() <= TOL
+        assert np.abs(_consumer_vectors(cb / exe, bundle, want.shape) - want).max() <= TOL
 
     # Without pkg-config the static target is left undefined, with a message; the shared one works.
     cb = tmp_path / "consumer-shared-only"
-    for cmd in (
-        ["cmake", "-S", str(src), "-B", str(cb), f"-DCMAKE_PREFIX_PATH={prefix}", "-DCONSUMER_STATIC=OFF",
-         f"-DPKG_CONFIG_EXECUTABLE={tmp_path / 'no-pkg-config'}"],
-        ["cmake", "--build", str(cb), "--target", "consumer_c"],
-    ):  # fmt: skip
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        if "-S" in cmd:
-            assert "inbedder::inbedder_static is not defined, not found: pkg-config" in done.stdout
-    done = subprocess.run([str(cb / "consumer_c"), str(bundle)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    got = np.array([float(x) for x in done.stdout.split()], dtype=np.float32).reshape(want.shape)
-    assert np.abs(got - want).max() <= TOL
+    configured = _configure_and_build(
+        src, cb, f"-DCMAKE_PREFIX_PATH={prefix}", "-DCONSUMER_STATIC=OFF",
+        f"-DPKG_CONFIG_EXECUTABLE={tmp_path / 'no-pkg-config'}", target="consumer_c",
+    )  # fmt: skip
+    assert "inbedder::inbedder_static is not defined, not found: pkg-config" in configured
+    assert np.abs(_consumer_vectors(cb / "consumer_c", bundle, want.shape) - want).max() <= TOL
 
 
 def test_manifest_paths_stay_inside_the_bundle(bundles, build: Path, tmp_path: Path):
