@@ -1,8 +1,9 @@
 """Native runtime (libinbedder) against the Python runtime on the same int8 bundle, in one run.
 
 Scope: a RoBERTa masked-LM with random weights (speed does not depend on weight values), shape
-"large" (roberta-large: 24 x 1024, FFN 4096, vocab 50265; bench/models.py) or "base" (12 x 768,
-FFN 3072, same vocabulary), exported by inbedder and quantized to int8. Each (runtime, batch)
+"large" (roberta-large: 24 x 1024, FFN 4096, vocab 50265; bench/models.py), "base" (12 x 768,
+FFN 3072) or "small" (MiniLM-L6's 6 x 384, FFN 1536), the last two with the same vocabulary,
+exported by inbedder and quantized to int8. Each (runtime, batch)
 runs in its own process so that its peak RSS (VmHWM) is its own: texts/s at batch 1 and 8 on 32
 prompts of exactly T tokens (median of RUNS), CPU seconds per text (all threads: the work done,
 steadier than wall time on a shared machine), time from open to the first vector, peak RSS
@@ -19,7 +20,7 @@ need many pairs to resolve a few percent; the interleaved rounds compare the two
 apart in the same process (same allocator state and page cache), so their ratio is the steadier
 figure. Each call's CPU seconds are the process's (calls are sequential and neither pool spins).
 
-    python bench/native.py --work /tmp/inbedder-native-bench [--shape large|base] [--runs 3] [--pairs 3]
+    python bench/native.py --work /tmp/inbedder-native-bench [--shape large|base|small] [--runs 3] [--pairs 3]
         [--rounds 10]
 
 Prints a table and writes native-results.json in the work directory.
@@ -54,6 +55,13 @@ SHAPES = {
         "num_hidden_layers": 12,
         "num_attention_heads": 12,
         "intermediate_size": 3072,
+    },
+    # MiniLM-L6's sizes: a pass short enough that the work around it shows
+    "small": {
+        "hidden_size": 384,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 12,
+        "intermediate_size": 1536,
     },
 }
 

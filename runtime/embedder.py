@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, get_args, overload
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from inbedder.errors import BundleError, InputError, InputTypeError, surrogate_at
 
@@ -233,7 +232,13 @@ class Embedder:
         batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
         if show_progress_bar is None:
             show_progress_bar = sys.stderr.isatty() and len(batches) > 1
-        for idx in tqdm(batches, desc="embedding", unit="batch", disable=not show_progress_bar):
+        steps: Iterable[list[int]] = batches
+        if show_progress_bar:
+            # imported here: tqdm.auto costs ~50 ms of `import inbedder`, and most calls show no bar
+            from tqdm.auto import tqdm
+
+            steps = tqdm(batches, desc="embedding", unit="batch")
+        for idx in steps:
             emb, ans = self.pipeline.embed_batch([encoded[i] for i in idx], return_answers, resolved)
             out[idx] = emb
             if ans is not None:

@@ -104,6 +104,20 @@ def test_runtime_imports_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_progress_bar_is_imported_only_when_shown(masked_bundle):
+    # tqdm.auto is a tenth of `import inbedder`'s time: loaded only for a call that shows a bar
+    code = (
+        "import sys, inbedder; e = inbedder.Embedder(sys.argv[1]); "
+        "e.encode(['a', 'b', 'c'], instruction='q?', batch_size=1, show_progress_bar=False); "
+        "assert 'tqdm' not in sys.modules, 'tqdm imported'; "
+        "v = e.encode(['a', 'b', 'c'], instruction='q?', batch_size=1, show_progress_bar=True); "
+        "assert 'tqdm' in sys.modules and v.shape[0] == 3"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(masked_bundle)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "embedding: 100%" in run.stderr and "3/3" in run.stderr
+
+
 def test_list_models_needs_no_export_extra_and_matches_the_families():
     code = (
         "import sys, inbedder; ms = inbedder.list_models(); "
