@@ -234,7 +234,6 @@ def main() -> None:
     ap.add_argument("--ct2-python", default=None, help="a Python with ctranslate2 (default: WORK/ct2-venv)")
     ap.add_argument("--systems", default="inbedder-int8,ct2-int8")
     ap.add_argument("--loads", default="quiet,busy")
-    # not 16: the InBedder prompt around an empty text is already 25 tokens (the run stops on it)
     ap.add_argument("--latency", default="32,128,512", help="token counts timed at batch 1")
     ap.add_argument("--throughput", default="8x64,8x128,8x512,32x64,32x128,32x512", help="BATCHxTOKENS")
     ap.add_argument("--repeats", type=int, default=3, help="fresh processes per point (best is kept)")

@@ -1,16 +1,16 @@
 """Native runtime (libinbedder) against the Python runtime on the same int8 bundle, in one run.
 
 Scope: a RoBERTa masked-LM with random weights (speed does not depend on weight values), shape
-"large" (roberta-large: 24 x 1024, FFN 4096, vocab 50265; bench/models.py), "base" (12 x 768,
-FFN 3072) or "small" (MiniLM-L6's 6 x 384, FFN 1536), the last two with the same vocabulary,
-exported by inbedder and quantized to int8. Each (runtime, batch)
-runs in its own process so that its peak RSS (VmHWM) is its own: texts/s at batch 1 and 8 on 32
-prompts of exactly T tokens (median of RUNS), CPU seconds per text (all threads: the work done,
-steadier than wall time on a shared machine), time from open to the first vector, peak RSS
-against the bundle's weight size. The two runtimes alternate, PAIRS times per batch size (A B,
-then B A, ...), and the ratios native/Python are taken pair by pair, so a machine whose speed
-drifts (other jobs) does not favour one side. The native side is `inbedder-bench` (C API, no
-Python). Also prints the shared library's size, the libraries it links (ldd) and the CPU flags.
+"large" (roberta-large: 24 x 1024, FFN 4096, vocab 50265; bench/models.py), "base" (12 x 768, FFN
+3072) or "small" (MiniLM-L6's 6 x 384, FFN 1536), the last two with the same vocabulary, exported by
+inbedder and quantized to int8. Each (runtime, batch) runs in its own process so that its peak RSS
+(VmHWM) is its own: texts/s at batch 1 and 8 on 32 prompts of exactly T tokens (median of RUNS), CPU
+seconds per text (all threads: the work done, steadier than wall time on a shared machine), time
+from open to the first vector, peak RSS against the bundle's weight size. The two runtimes
+alternate, PAIRS times per batch size (A B, then B A, ...), and the ratios native/Python are taken
+pair by pair, so a machine whose speed drifts (other jobs) does not favour one side. The native side
+is `inbedder-bench` (C API, no Python). Also prints the shared library's size, the libraries it
+links (ldd) and the CPU flags.
 
 Throughput is also measured interleaved in one process (`--rounds`, 0 to skip): the Python
 runtime and libinbedder (through its C API, ctypes) open the same bundle side by side, and each

@@ -1,15 +1,18 @@
 """Where an int8 pass spends its time: onnxruntime's CPU kernels for the fused operators we leave
 out of CPU graphs against the ops they replace, and a per-operator profile of a bundle.
 
-    python bench/ops.py [--bundle /tmp/inbedder-bench/int8 --tokens 128 --batch 8]
+    python bench/ops.py [--kernels fused,matmul,attention] [--bundle /tmp/inbedder-bench/int8
+        --tokens 128 --batch 8]
 
-Kernels (roberta-large's shapes at 64 tokens, batch 8, 2 threads; ms per call, median of 50):
-SkipLayerNormalization vs LayerNormalization on (8, 64, 1024), BiasGelu vs Gelu on (8, 64, 4096).
-They back `CPU_SLOW_FUSIONS` (inbedder/onnxfile.py: what every graph's `cpu_disabled_optimizers`
-names in the manifest, and what quantize leaves unfused for the CPU). With --bundle, the bundle's
-graph is run on a batch of prompts of exactly `--tokens` tokens (bench/bench.py's texts) with
-onnxruntime's profiler, session options as the runtime sets them, and the time per operator type
-is printed.
+Kernels (roberta-large's shapes, 2 threads as the runtime sets them; ms per call, median of 50):
+`fused` (the default), SkipLayerNormalization vs LayerNormalization on (8, 64, 1024), BiasGelu vs
+Gelu on (8, 64, 4096): they back `CPU_SLOW_FUSIONS` (inbedder/onnxfile.py: what every graph's
+`cpu_disabled_optimizers` names in the manifest, and what quantize leaves unfused for the CPU);
+`matmul`, one weight MatMul as per-token int8 runs it against its GEMM alone and MatMulNBits
+8-bit (`matmuls`); `attention`, MultiHeadAttention with and without its mask and bias. With
+--bundle, the bundle's graph is run on a batch of prompts of exactly `--tokens` tokens
+(bench/bench.py's texts) with onnxruntime's profiler, session options as the runtime sets them,
+and the time per operator type is printed.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import logging
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
@@ -30,24 +35,15 @@ THREADS = 2
 
 
 def _options() -> ort.SessionOptions:
+    from inbedder.runtime.session import ThreadOptions
+
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = THREADS
-    opts.inter_op_num_threads = 1
+    ThreadOptions(THREADS).apply(opts)  # the runtime's thread pool: THREADS threads, no spinning
     return opts
 
 
-def time_op(node, inputs: dict[str, np.ndarray], weights: dict[str, np.ndarray], runs: int = 50) -> float:
-    """Median ms of one call of a single-node graph."""
-    graph = helper.make_graph(
-        [node],
-        "op",
-        [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape) for k, v in inputs.items()],
-        [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(v, k) for k, v in weights.items()],
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    )
+def time_model(model: onnx.ModelProto, inputs: dict[str, np.ndarray], runs: int = 50) -> float:
+    """Median ms of one call of `model` on `inputs`."""
     sess = ort.InferenceSession(model.SerializeToString(), _options(), providers=["CPUExecutionProvider"])
     for _ in range(5):
         sess.run(None, inputs)
@@ -57,6 +53,27 @@ def time_op(node, inputs: dict[str, np.ndarray], weights: dict[str, np.ndarray],
         sess.run(None, inputs)
         times.append(time.perf_counter() - t)
     return 1000 * sorted(times)[runs // 2]
+
+
+def _model(nodes: list[onnx.NodeProto], inputs: dict[str, np.ndarray], weights: dict[str, np.ndarray]):
+    graph = helper.make_graph(
+        nodes,
+        "op",
+        [
+            helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+            for k, v in inputs.items()
+        ],
+        [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+
+
+def time_op(node, inputs: dict[str, np.ndarray], weights: dict[str, np.ndarray], runs: int = 50) -> float:
+    """Median ms of one call of a single-node graph."""
+    return time_model(_model([node], inputs, weights), inputs, runs)
 
 
 def kernels() -> None:
@@ -87,6 +104,63 @@ def kernels() -> None:
     }
     for name, (node, inputs, weights) in cases.items():
         print(f"{name:36s} {time_op(node, inputs, weights):7.3f} ms")
+
+
+def matmuls(m: int = 1024) -> None:
+    """One weight MatMul `Y = X W + b` (1, m, K) x (K, N) at both FFN shapes: as the per-token int8
+    bundles run it (`quantize_model_int8_invariant` on the fp32 graph: the activation's quantization
+    passes, the GEMM, the bias Add), its `MatMulIntegerToFloat` alone on an already quantized input,
+    and onnxruntime's `MatMulNBits` with 8-bit weights (block 32, accuracy level 4: the activation
+    quantized per row and block inside the kernel)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from inbedder.quantize.pertoken import quantize_model_int8_invariant
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    rng = np.random.default_rng(0)
+    for k, n in ((1024, 4096), (4096, 1024)):
+        x = rng.standard_normal((1, m, k), dtype=np.float32)
+        w = {"w": rng.standard_normal((k, n), dtype=np.float32) * 0.02, "b": np.zeros(n, np.float32)}
+        fp32 = [
+            helper.make_node("MatMul", ["x", "w"], ["xw"], name="mm"),
+            helper.make_node("Add", ["xw", "b"], ["y"]),
+        ]
+        pertoken = _model(fp32, {"x": x}, w)
+        quantize_model_int8_invariant(pertoken, reduce_range=False)
+        nbits = MatMulNBitsQuantizer(_model(fp32, {"x": x}, w), bits=8, block_size=32, accuracy_level=4)
+        nbits.process()
+        scale = np.abs(x).max(axis=-1, keepdims=True) / 127  # (1, m, 1)
+        xq = (np.rint(x / scale) + 128).astype(np.uint8)
+        gemm = helper.make_node(
+            "MatMulIntegerToFloat", ["xq", "wq", "s", "ws", "zp"], ["y"], domain="com.microsoft"
+        )
+        gemm_w = {
+            "wq": np.ones((k, n), np.int8),
+            "ws": np.full(n, 0.01, np.float32),
+            "zp": np.array(128, np.uint8),
+        }
+        shape = f"({m},{k})x({k},{n})"
+        print(f"{'per-token int8 ' + shape:36s} {time_model(pertoken, {'x': x}):7.3f} ms")
+        print(f"{'  its GEMM alone':36s} {time_op(gemm, {'xq': xq, 's': scale}, gemm_w):7.3f} ms")
+        print(f"{'MatMulNBits bits=8 ' + shape:36s} {time_model(nbits.model.model, {'x': x}):7.3f} ms")
+
+
+def attention(batches: tuple[int, ...] = (1, 8), tokens: int = 128) -> None:
+    """`MultiHeadAttention` (1024 wide, 16 heads) as the int8 graphs call it (the QKV bias and the
+    key lengths as the mask), and without the mask, the bias, or both."""
+    rng = np.random.default_rng(0)
+    for b in batches:
+        qkv = {name: rng.standard_normal((b, tokens, 1024), dtype=np.float32) for name in "qkv"}  # (B, T, H)
+        lengths = np.full(b, tokens, np.int32)
+        for use_bias, use_mask in ((True, True), (False, True), (True, False), (False, False)):
+            names = ["q", "k", "v", "bias" if use_bias else "", "m" if use_mask else ""]
+            while names[-1] == "":
+                names.pop()
+            node = helper.make_node("MultiHeadAttention", names, ["y"], domain="com.microsoft", num_heads=16)
+            inputs = qkv | ({"m": lengths} if use_mask else {})
+            weights = {"bias": np.zeros(3 * 1024, np.float32)} if use_bias else {}
+            label = f"MHA ({b},{tokens},1024) bias {'y' if use_bias else 'n'} mask {'y' if use_mask else 'n'}"
+            print(f"{label:36s} {time_op(node, inputs, weights):7.3f} ms")
 
 
 def profile(bundle: Path, tokens: int, batch: int) -> None:
@@ -130,8 +204,14 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path, default=None, help="also profile this bundle's graph")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument(
+        "--kernels", default="fused", help="comma-separated: fused, matmul, attention (none: skip)"
+    )
     args = ap.parse_args()
-    kernels()
+    parts = {"fused": kernels, "matmul": matmuls, "attention": attention}
+    for part in filter(None, args.kernels.split(",")):
+        if part != "none":
+            parts[part]()
     if args.bundle is not None:
         profile(args.bundle, args.tokens, args.batch)
 
