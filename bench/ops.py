@@ -8,11 +8,11 @@ Kernels (roberta-large's shapes, 2 threads as the runtime sets them; ms per call
 `fused` (the default), SkipLayerNormalization vs LayerNormalization on (8, 64, 1024), BiasGelu vs
 Gelu on (8, 64, 4096): they back `CPU_SLOW_FUSIONS` (inbedder/onnxfile.py: what every graph's
 `cpu_disabled_optimizers` names in the manifest, and what quantize leaves unfused for the CPU);
-`matmul`, one weight MatMul as per-token int8 runs it against its GEMM alone and MatMulNBits
-8-bit (`matmuls`); `attention`, MultiHeadAttention with and without its mask and bias. With
---bundle, the bundle's graph is run on a batch of prompts of exactly `--tokens` tokens
-(bench/bench.py's texts) with onnxruntime's profiler, session options as the runtime sets them,
-and the time per operator type is printed.
+`matmul`, one weight MatMul as per-token int8 runs it against its GEMM alone (with its per-row
+A scale and with a scalar one) and MatMulNBits 8-bit (`matmuls`); `attention`,
+MultiHeadAttention with and without its mask and bias. With --bundle, the bundle's graph is run
+on a batch of prompts of exactly `--tokens` tokens (bench/bench.py's texts) with onnxruntime's
+profiler, session options as the runtime sets them, and the time per operator type is printed.
 """
 
 from __future__ import annotations
@@ -142,6 +142,9 @@ def matmuls(m: int = 1024) -> None:
         shape = f"({m},{k})x({k},{n})"
         print(f"{'per-token int8 ' + shape:36s} {time_model(pertoken, {'x': x}):7.3f} ms")
         print(f"{'  its GEMM alone':36s} {time_op(gemm, {'xq': xq, 's': scale}, gemm_w):7.3f} ms")
+        # a scalar A scale: the GEMM without the separate per-row scaling pass after it
+        one = {"s": np.array(0.01, np.float32)}
+        print(f"{'  ... with a scalar A scale':36s} {time_op(gemm, {'xq': xq}, gemm_w | one):7.3f} ms")
         print(f"{'MatMulNBits bits=8 ' + shape:36s} {time_model(nbits.model.model, {'x': x}):7.3f} ms")
 
 
