@@ -180,6 +180,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         threads=args.threads,
         verify=args.verify,
         spinning=args.spinning,
+        session_cache=args.session_cache,
         workers=args.workers,
         options=options,
         overwrite=args.overwrite,
@@ -405,6 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="idle onnxruntime threads busy-wait (default off: kinder to a shared CPU)",
+    )
+    m.add_argument(
+        "--session-cache",
+        default=None,
+        metavar="DIR",
+        help="keep each graph optimized and pre-packed for this machine in DIR: faster later opens (CPU)",
     )
     m.add_argument(
         "--decode-steps", type=int, default=None, help="masked LMs: passes of iterative unmasking (default 1)"

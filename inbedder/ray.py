@@ -334,6 +334,10 @@ def run_cli_job(spec: Any, address: str | None) -> int:
         )
     if spec.answers is not None:
         raise SystemExit("--answers is for .npy outputs: with --ray the answers are an 'answer' column")
+    if spec.session_cache is not None:
+        raise SystemExit(
+            "--session-cache is not available with --ray (the actors open their sessions on the nodes)"
+        )
     out = Path(spec.output)
     if out.exists() and not spec.overwrite:
         raise SystemExit(f"{out} exists; pass --overwrite to replace it")

@@ -22,6 +22,7 @@ from .hub import resolve_bundle
 from .pipeline import Pipeline, pipeline_for
 from .prompt import TRUNCATION_MODES, TruncationMode
 from .session import Device, ThreadOptions, resolve_device
+from .session_cache import cache_root
 from .stamp import Verify
 
 Texts = str | Iterable[str]
@@ -96,6 +97,9 @@ class Embedder:
     `threads`: onnxruntime intra-op threads (default: the cores this process may run on);
     `spinning`: let idle pool threads busy-wait (off: better on a shared CPU; see `ThreadOptions`).
     `verify`: "stamp" (default), "full" or "none", how file checksums are checked (`load_bundle`).
+    `session_cache`: a directory where each graph is kept as onnxruntime optimized it for this
+    machine, weights pre-packed, so that later opens skip that work (runtime/session_cache.py;
+    CPU only; about twice the graph's size on disk). None (default): no cache.
     """
 
     def __init__(
@@ -106,14 +110,16 @@ class Embedder:
         *,
         verify: Verify | bool = "stamp",
         spinning: bool = False,
+        session_cache: str | os.PathLike[str] | None = None,
     ):
         self.bundle_dir = resolve_bundle(bundle_dir)  # a directory, or a hub name fetched into the cache
         self.device = resolve_device(device)
         self.threads = ThreadOptions(threads, spinning)  # checked before anything is read
+        cache = cache_root(session_cache)
 
         def build(bundle: Bundle) -> tuple[Manifest, Pipeline]:
             # Run while this version of the bundle is locked: every file comes from it.
-            return bundle.manifest, pipeline_for(bundle.manifest)(bundle, self.device, self.threads)
+            return bundle.manifest, pipeline_for(bundle.manifest)(bundle, self.device, self.threads, cache)
 
         loaded: tuple[Manifest, Pipeline] = load_bundle(self.bundle_dir, build, verify=verify)
         self.manifest, self.pipeline = loaded

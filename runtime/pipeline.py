@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,7 +26,8 @@ from inbedder.errors import BundleError, InputError, InputTypeError
 
 from .bundle import MANIFEST_NAME, Bundle, Manifest
 from .prompt import Encoded, PromptTokenizer, pad_batch
-from .session import ThreadOptions, make_session
+from .session import OPTIMIZATION, ThreadOptions, make_session
+from .session_cache import CacheSlot
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
 
@@ -109,7 +111,13 @@ class Pipeline:
     recipes: ClassVar[tuple[str, ...]] = ()
     graphs: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
-    def __init__(self, bundle: Bundle, device: str, threads: int | ThreadOptions | None):
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str,
+        threads: int | ThreadOptions | None,
+        session_cache: Path | None = None,
+    ):
         manifest = bundle.manifest
         self.manifest = manifest
         origin = str(bundle.root / MANIFEST_NAME)
@@ -121,7 +129,7 @@ class Pipeline:
                 f"{tok_path}: not a tokenizer `tokenizers` can read ({_first_line(e)})"
             ) from None
         type(self).check_manifest(manifest, self.tokenizer, origin)
-        self.prompts = PromptTokenizer(self.tokenizer, manifest.prompt, manifest.truncation)
+        self.prompts = PromptTokenizer(self.tokenizer, manifest.prompt, manifest.truncation, own=True)
         fixed = self.prompts.fixed_tokens()
         if manifest.truncation.max_length < fixed:
             raise BundleError(
@@ -131,7 +139,11 @@ class Pipeline:
         self.sessions = {}
         for role, g in manifest.graphs.items():
             path = bundle.root / g.file
-            session = make_session(path, device, threads, g.cpu_disabled_optimizers)
+            slot = None
+            if session_cache is not None:
+                settings = {**OPTIMIZATION, "cpu_disabled_optimizers": sorted(g.cpu_disabled_optimizers)}
+                slot = CacheSlot.for_graph(session_cache, manifest.files, g.files, settings)
+            session = make_session(path, device, threads, g.cpu_disabled_optimizers, slot)
             declared = [i.name for i in session.get_inputs()]
             if sorted(declared) != sorted(g.inputs):
                 raise BundleError(

@@ -94,14 +94,19 @@ def _clone(tok: Tokenizer) -> Tokenizer:
 class PromptTokenizer:
     """Turns (text, instruction) pairs into `Encoded` prompts for one bundle."""
 
-    def __init__(self, tokenizer: Tokenizer, prompt: PromptSpec, truncation: TruncationSpec):
+    def __init__(
+        self, tokenizer: Tokenizer, prompt: PromptSpec, truncation: TruncationSpec, *, own: bool = False
+    ):
+        """`own=True`: the caller hands `tokenizer` over (the pipeline, which parsed it for this
+        bundle and otherwise only decodes with it): it is used as is, its padding and truncation
+        turned off, instead of copied (copying a 50k vocabulary costs ~0.1 s of an open)."""
         self.prompt = prompt
         self.truncation = truncation
         self.max_length = truncation.max_length
         # Three configurations of one vocabulary: untruncated (mode "input" measures, then cuts the
         # text itself), the reference rule, and pairs cut in their first segment only. The last
         # two are built on first use (parsing a 50k vocabulary costs tens of ms at load).
-        self._plain = _clone(tokenizer)
+        self._plain = tokenizer if own else _clone(tokenizer)
         self._plain.no_padding()
         self._plain.no_truncation()
         self.slot_id: int | None = None

@@ -1,13 +1,16 @@
 """ONNX Runtime sessions: execution-provider choice and options.
 
 Scope: "cpu" | "cuda" | "auto" -> providers, the CPU thread pool (`ThreadOptions`: how many
-threads, whether they spin), and a loud error (never a silent CPU fallback) when CUDA is asked for
+threads, whether they spin), opening through the session cache when given one
+(runtime/session_cache.py), and a loud error (never a silent CPU fallback) when CUDA is asked for
 and cannot be had.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +20,13 @@ import onnxruntime as ort
 
 from inbedder.errors import BundleError, DeviceError, InputError
 
+from .session_cache import CacheSlot
+
 Device = Literal["cpu", "cuda", "auto"]
 DEVICES: tuple[Device, ...] = get_args(Device)
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
+log = logging.getLogger("inbedder")
 
 
 def cuda_available() -> bool:
@@ -88,39 +94,59 @@ def thread_options(threads: int | ThreadOptions | None) -> ThreadOptions:
     return threads if isinstance(threads, ThreadOptions) else ThreadOptions(threads)
 
 
-def make_session(
-    path: str | os.PathLike[str],
-    device: str,
-    threads: int | ThreadOptions | None = None,
-    cpu_disabled_optimizers: Sequence[str] = (),
-) -> ort.InferenceSession:
-    """One inference session on the resolved device ("cpu" or "cuda"); on the CPU without the
-    session optimizers the bundle's manifest names for this graph, its thread pool as `threads`
-    says (an int: that many intra-op threads, the other `ThreadOptions` defaults)."""
+# What, besides the graph, shapes the graph onnxruntime optimizes (the session cache's key).
+OPTIMIZATION = {"graph_optimization_level": "ORT_ENABLE_ALL", "use_device_allocator_for_initializers": "1"}
+
+
+def session_options(threads: int | ThreadOptions | None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Weights go straight to the device allocator rather than through the arena: lower resident
     # memory and faster session creation.
     opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
     thread_options(threads).apply(opts)
+    return opts
+
+
+def make_session(
+    path: str | os.PathLike[str],
+    device: str,
+    threads: int | ThreadOptions | None = None,
+    cpu_disabled_optimizers: Sequence[str] = (),
+    cache: CacheSlot | None = None,
+) -> ort.InferenceSession:
+    """One inference session on the resolved device ("cpu" or "cuda"); on the CPU without the
+    session optimizers the bundle's manifest names for this graph, its thread pool as `threads`
+    says (an int: that many intra-op threads, the other `ThreadOptions` defaults). On the CPU with
+    a `cache` slot: opened from the slot's entry when it is usable, else from `path`, saving the
+    entry on the way (runtime/session_cache.py)."""
     providers = [_CUDA, _CPU] if device == "cuda" else [_CPU]
     disabled = list(cpu_disabled_optimizers) if device == "cpu" else []
+    staging = None
+    if device == "cpu" and cache is not None:
+        cached = cache.lookup()
+        if cached is not None:
+            try:
+                return _create(cached, session_options(threads), providers, disabled)
+            except Exception as e:  # a saved graph this onnxruntime cannot open: rebuild it
+                why = _cause(e)
+                log.warning("session cache %s: onnxruntime cannot open it (%s); rebuilding", cache.entry, why)
+                cache.discard()
+        staging = cache.staging()
+    opts = session_options(threads)
+    if staging is not None and cache is not None:
+        cache.save_options(opts, staging)
     try:
-        # enable_fallback=0: no retry on other providers (and none of the "EP Error" banner that
-        # onnxruntime prints to stdout before one); versions without the option ignore it.
-        session = ort.InferenceSession(
-            str(Path(path)),
-            sess_options=opts,
-            providers=providers,
-            disabled_optimizers=disabled,
-            enable_fallback=0,
-        )
+        session = _create(Path(path), opts, providers, disabled)
     except Exception as e:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph kinds
-        lines = str(e).strip().splitlines()
-        cause = (lines[0] if lines else type(e).__name__)[:300]
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        cause = _cause(e)
         if device == "cuda" and _loads_on_cpu(path):
             raise DeviceError(f"{path}: onnxruntime could not create a CUDA session ({cause})") from None
         raise BundleError(f"{path}: onnxruntime cannot load this graph ({cause})") from None
+    if staging is not None and cache is not None:
+        cache.commit(staging)
     if device == "cuda" and session.get_providers()[0] != _CUDA:
         # onnxruntime falls back to CPU when the CUDA libraries fail to load; we do not.
         raise DeviceError(
@@ -128,6 +154,21 @@ def make_session(
             f"{session.get_providers()}); check the CUDA/cuDNN libraries onnxruntime-gpu needs"
         )
     return session
+
+
+def _create(
+    path: Path, opts: ort.SessionOptions, providers: list[str], disabled: list[str]
+) -> ort.InferenceSession:
+    # enable_fallback=0: no retry on other providers (and none of the "EP Error" banner that
+    # onnxruntime prints to stdout before one); versions without the option ignore it.
+    return ort.InferenceSession(
+        str(path), sess_options=opts, providers=providers, disabled_optimizers=disabled, enable_fallback=0
+    )
+
+
+def _cause(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:300]
 
 
 def _loads_on_cpu(path: str | os.PathLike[str]) -> bool:

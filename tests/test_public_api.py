@@ -85,7 +85,17 @@ def test_every_family_is_one_name_in_two_same_named_modules():
         assert fam.name in fams, recipe
     # Every runtime family module has its exporter.
     runtime_dir = Path(importlib.import_module("inbedder.runtime").__file__).parent
-    infrastructure = {"bundle", "embedder", "hub", "pipeline", "prompt", "samples", "session", "stamp"}
+    infrastructure = {
+        "bundle",
+        "embedder",
+        "hub",
+        "pipeline",
+        "prompt",
+        "samples",
+        "session",
+        "session_cache",
+        "stamp",
+    }
     stems = {m.name for m in pkgutil.iter_modules([str(runtime_dir)])} - infrastructure
     assert stems == {module_name(n) for n in fams}
 

@@ -54,6 +54,7 @@ class JobSpec:
     threads: int | None = None
     verify: str = "stamp"  # checksums: Embedder's `verify`
     spinning: bool = False
+    session_cache: str | None = None  # Embedder's `session_cache`
     workers: int = 1
     options: Mapping[str, Any] = field(default_factory=dict)
     overwrite: bool = False
@@ -422,6 +423,7 @@ class _InProcess:
             threads=spec.threads,
             verify=spec.verify,  # type: ignore[arg-type]  # likewise
             spinning=spec.spinning,
+            session_cache=spec.session_cache,
         )
         self.on_batch = on_batch
 

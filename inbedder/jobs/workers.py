@@ -40,7 +40,12 @@ def _worker(spec: Any, bundle_dir: str, threads: int, tasks: Any, results: Any, 
 
     try:
         emb = Embedder(
-            bundle_dir, device=spec.device, threads=threads, verify=spec.verify, spinning=spec.spinning
+            bundle_dir,
+            device=spec.device,
+            threads=threads,
+            verify=spec.verify,
+            spinning=spec.spinning,
+            session_cache=spec.session_cache,
         )
     except BaseException as e:
         results.put((-1, "error", _portable(e)))

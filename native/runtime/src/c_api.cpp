@@ -37,11 +37,17 @@ struct OptionInfo {
   bool is_string;
 };
 const OptionInfo kOptions[] = {
-    {"device", Kind::Open, true},          {"threads", Kind::Open, false},
-    {"verify", Kind::Open, false},         {"spinning", Kind::Open, false},
-    {"batch_size", Kind::Encode, false},   {"truncation", Kind::Encode, true},
-    {"normalize", Kind::Encode, false},    {"answers", Kind::Encode, false},
-    {"decode_steps", Kind::Encode, false}, {"max_new_tokens", Kind::Encode, false},
+    {"device", Kind::Open, true},
+    {"threads", Kind::Open, false},
+    {"verify", Kind::Open, false},
+    {"spinning", Kind::Open, false},
+    {"session_cache", Kind::Open, true},
+    {"batch_size", Kind::Encode, false},
+    {"truncation", Kind::Encode, true},
+    {"normalize", Kind::Encode, false},
+    {"answers", Kind::Encode, false},
+    {"decode_steps", Kind::Encode, false},
+    {"max_new_tokens", Kind::Encode, false},
     {"precision", Kind::Encode, true},
 };
 
@@ -260,10 +266,12 @@ inbedder_status inbedder_model_open(const char* bundle_dir, const inbedder_optio
                   "spinning must be 0 (the default: idle pool threads sleep) or 1 (they "
                   "busy-wait), got " +
                       std::to_string(spinning));
+    std::string cache = get_str(options, "session_cache", "");
+    if (!cache.empty()) cache = inbedder::cache_root(cache);
     auto m = std::make_unique<inbedder_model>();
     m->embedder = std::make_unique<inbedder::Embedder>(
         bundle_dir, get_str(options, "device", "cpu"),
-        inbedder::ThreadOptions{int(threads), spinning == 1}, verify_of(options));
+        inbedder::OpenSettings{{int(threads), spinning == 1}, cache}, verify_of(options));
     *out = m.release();
     return INBEDDER_OK;
   });

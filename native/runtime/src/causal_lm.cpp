@@ -59,9 +59,8 @@ const FamilyChecks kChecks{"causal-lm",
 
 class CausalAnswerPipeline : public Pipeline {
  public:
-  CausalAnswerPipeline(const Bundle& bundle, const std::string& device,
-                       const ThreadOptions& threads)
-      : Pipeline(bundle, kChecks, device, threads) {
+  CausalAnswerPipeline(const Bundle& bundle, const std::string& device, const OpenSettings& open)
+      : Pipeline(bundle, kChecks, device, open) {
     const auto& cache = manifest_.options.at("cache");
     layers_ = *json_int(cache.at("layers"));
     kv_heads_ = *json_int(cache.at("kv_heads"));
@@ -231,8 +230,8 @@ class CausalAnswerPipeline : public Pipeline {
 }  // namespace
 
 std::unique_ptr<Pipeline> make_causal_lm(const Bundle& bundle, const std::string& device,
-                                         const ThreadOptions& threads) {
-  return std::make_unique<CausalAnswerPipeline>(bundle, device, threads);
+                                         const OpenSettings& open) {
+  return std::make_unique<CausalAnswerPipeline>(bundle, device, open);
 }
 
 }  // namespace inbedder

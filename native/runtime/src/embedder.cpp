@@ -108,14 +108,15 @@ QuantizedOutput quantize_output(const std::vector<float>& emb, std::size_t dim,
 }
 
 Embedder::Embedder(const std::string& bundle_dir, const std::string& device,
-                   const ThreadOptions& threads, Verify verify)
+                   const OpenSettings& open, Verify verify)
     : device_(resolve_device(device)) {
-  if (threads.threads < 0) throw ValueError("threads must be a positive int or 0 (the default)");
+  if (open.threads.threads < 0)
+    throw ValueError("threads must be a positive int or 0 (the default)");
   // Built while this version of the bundle is locked: every file comes from it.
   // A directory, or a hub name looked up in the local bundle cache (no network).
   load_bundle(resolve_bundle(bundle_dir), verify, [&](const Bundle& bundle) {
     manifest_ = bundle.manifest;
-    pipeline_ = make_pipeline(bundle, device_, threads);
+    pipeline_ = make_pipeline(bundle, device_, open);
   });
 }
 

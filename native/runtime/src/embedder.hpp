@@ -53,8 +53,8 @@ void postprocess(std::vector<float>& emb, std::size_t dim, const std::vector<std
 
 class Embedder {
  public:
-  // device: "cpu" | "cuda" | "auto"; threads.threads 0 = the cores this process may use.
-  Embedder(const std::string& bundle_dir, const std::string& device, const ThreadOptions& threads,
+  // device: "cpu" | "cuda" | "auto"; open.threads.threads 0 = the cores this process may use.
+  Embedder(const std::string& bundle_dir, const std::string& device, const OpenSettings& open,
            Verify verify);
 
   std::size_t dim() const { return std::size_t(manifest_.embedding_dim); }

@@ -26,15 +26,15 @@ const FamilyChecks& checks() {
 
 class InstructorPipeline : public EmbeddingGraphPipeline {
  public:
-  InstructorPipeline(const Bundle& bundle, const std::string& device, const ThreadOptions& threads)
-      : EmbeddingGraphPipeline(bundle, checks(), device, threads) {}
+  InstructorPipeline(const Bundle& bundle, const std::string& device, const OpenSettings& open)
+      : EmbeddingGraphPipeline(bundle, checks(), device, open) {}
 };
 
 }  // namespace
 
 std::unique_ptr<Pipeline> make_instructor(const Bundle& bundle, const std::string& device,
-                                          const ThreadOptions& threads) {
-  return std::make_unique<InstructorPipeline>(bundle, device, threads);
+                                          const OpenSettings& open) {
+  return std::make_unique<InstructorPipeline>(bundle, device, open);
 }
 
 }  // namespace inbedder

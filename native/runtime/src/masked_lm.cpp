@@ -32,9 +32,8 @@ const FamilyChecks kChecks{"masked-lm",
 
 class MaskedAnswerPipeline : public Pipeline {
  public:
-  MaskedAnswerPipeline(const Bundle& bundle, const std::string& device,
-                       const ThreadOptions& threads)
-      : Pipeline(bundle, kChecks, device, threads) {}
+  MaskedAnswerPipeline(const Bundle& bundle, const std::string& device, const OpenSettings& open)
+      : Pipeline(bundle, kChecks, device, open) {}
 
   std::vector<std::pair<std::string, long long>> options() const override {
     return {{"decode_steps", 1}};
@@ -111,8 +110,8 @@ class MaskedAnswerPipeline : public Pipeline {
 }  // namespace
 
 std::unique_ptr<Pipeline> make_masked_lm(const Bundle& bundle, const std::string& device,
-                                         const ThreadOptions& threads) {
-  return std::make_unique<MaskedAnswerPipeline>(bundle, device, threads);
+                                         const OpenSettings& open) {
+  return std::make_unique<MaskedAnswerPipeline>(bundle, device, open);
 }
 
 }  // namespace inbedder

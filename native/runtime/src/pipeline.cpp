@@ -2,6 +2,7 @@
 #include "pipeline.hpp"
 
 #include <algorithm>
+#include <future>
 
 #include "session.hpp"
 
@@ -149,24 +150,23 @@ void check_manifest(const FamilyChecks& family, const Manifest& m, const tok::To
   if (family.after) family.after(m, origin);
 }
 
-Pipeline::Pipeline(const Bundle& bundle, const FamilyChecks& family, const std::string& device,
-                   const ThreadOptions& threads)
-    : root_(bundle.root),
-      manifest_(bundle.manifest),
-      device_(device),
-      tokenizer_(tokenizer_of(bundle)) {
-  const std::string& root = root_;
-  check_manifest(family, manifest_, tokenizer_, pure_path(root_ + "/" + kManifestName));
-  prompts_ = std::make_unique<PromptTokenizer>(tokenizer_, manifest_.prompt, manifest_.truncation);
-  const std::size_t fixed = prompts_->fixed_tokens();
-  if (manifest_.truncation.max_length < fixed)
-    throw BundleError(pure_path(root_ + "/" + kManifestName) + ": truncation.max_length " +
-                      std::to_string(manifest_.truncation.max_length) + " is below the prompt's " +
-                      std::to_string(fixed) +
-                      " fixed tokens (template, answer slots, special tokens)");
+std::map<std::string, std::unique_ptr<Ort::Session>> Pipeline::open_sessions(
+    const OpenSettings& open) const {
+  std::map<std::string, std::unique_ptr<Ort::Session>> sessions;
   for (const auto& [role, g] : manifest_.graphs) {
-    const std::string path = pure_path(root + "/" + g.file);
-    auto session = make_session(path, g, device, threads);
+    const std::string path = pure_path(root_ + "/" + g.file);
+    std::optional<CacheSlot> slot;
+    if (!open.session_cache.empty()) {
+      std::vector<std::string> disabled = g.cpu_disabled_optimizers, files = {g.file};
+      std::sort(disabled.begin(), disabled.end());
+      if (g.data) files.push_back(*g.data);
+      // runtime/session.py's OPTIMIZATION, plus the optimizers this graph disables.
+      const nlohmann::json settings = {{"graph_optimization_level", "ORT_ENABLE_ALL"},
+                                       {"use_device_allocator_for_initializers", "1"},
+                                       {"cpu_disabled_optimizers", disabled}};
+      slot.emplace(open.session_cache, manifest_, files, settings);
+    }
+    auto session = make_session(path, g, device_, open.threads, slot ? &*slot : nullptr);
     // The graph's own inputs and outputs against the manifest's (runtime/pipeline.py's words).
     Ort::AllocatorWithDefaultOptions alloc;
     nlohmann::ordered_json declared = nlohmann::ordered_json::array();
@@ -191,8 +191,32 @@ Pipeline::Pipeline(const Bundle& bundle, const FamilyChecks& family, const std::
       throw BundleError(path + ": the graph has no outputs " +
                         py_repr(nlohmann::ordered_json(missing)) + " (graphs." + role +
                         ".outputs)");
-    sessions_[role] = std::move(session);
+    sessions[role] = std::move(session);
   }
+  return sessions;
+}
+
+Pipeline::Pipeline(const Bundle& bundle, const FamilyChecks& family, const std::string& device,
+                   const OpenSettings& open)
+    : root_(bundle.root),
+      manifest_(bundle.manifest),
+      device_(device),
+      // The sessions are created on a second thread while this one parses the tokenizer and
+      // checks the manifest: the open's two largest costs, independent of each other, and
+      // onnxruntime creates a session on one thread (README "The session cache"). Should this
+      // thread fail first, the member's destruction waits for the sessions and drops their
+      // error: the tokenizer's or manifest's error is the one reported, as when sequential.
+      opening_(std::async(std::launch::async, [this, open] { return open_sessions(open); })),
+      tokenizer_(tokenizer_of(bundle)) {
+  check_manifest(family, manifest_, tokenizer_, pure_path(root_ + "/" + kManifestName));
+  prompts_ = std::make_unique<PromptTokenizer>(tokenizer_, manifest_.prompt, manifest_.truncation);
+  const std::size_t fixed = prompts_->fixed_tokens();
+  if (manifest_.truncation.max_length < fixed)
+    throw BundleError(pure_path(root_ + "/" + kManifestName) + ": truncation.max_length " +
+                      std::to_string(manifest_.truncation.max_length) + " is below the prompt's " +
+                      std::to_string(fixed) +
+                      " fixed tokens (template, answer slots, special tokens)");
+  sessions_ = opening_.get();
   pad_id_ = manifest_.special_token("pad").value_or(0);
 }
 
@@ -379,9 +403,9 @@ void EmbeddingGraphPipeline::check(const Manifest& m, const std::string& origin)
 }
 
 std::unique_ptr<Pipeline> make_pipeline(const Bundle& bundle, const std::string& device,
-                                        const ThreadOptions& threads) {
+                                        const OpenSettings& open) {
   for (const auto& f : kFamilies)
-    if (bundle.manifest.family == f.name) return f.make(bundle, device, threads);
+    if (bundle.manifest.family == f.name) return f.make(bundle, device, open);
   throw BundleError("bundle family " + py_repr(bundle.manifest.family) +
                     " is not supported by this runtime (upgrade inbedder?)");
 }

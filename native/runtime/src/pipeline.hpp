@@ -8,6 +8,7 @@
 #include <onnxruntime_cxx_api.h>
 
 #include <cstdint>
+#include <future>
 #include <map>
 #include <memory>
 #include <optional>
@@ -65,7 +66,7 @@ class Pipeline {
   // The bundle as load_bundle checked it (its tokenizer parsed from the bytes that were hashed),
   // checked against what `family` needs.
   Pipeline(const Bundle& bundle, const FamilyChecks& family, const std::string& device,
-           const ThreadOptions& threads);
+           const OpenSettings& open);
   virtual ~Pipeline() = default;
 
   virtual bool answers() const { return true; }
@@ -99,12 +100,17 @@ class Pipeline {
   // pool_start (B,).
   std::map<std::string, I64Tensor> pad(const std::vector<const Encoded*>& batch) const;
   const Ort::Session& session(const std::string& role) const;
+  // Every graph's session, checked against the manifest's inputs and outputs (BundleError).
+  std::map<std::string, std::unique_ptr<Ort::Session>> open_sessions(
+      const OpenSettings& open) const;
   virtual long long check_option(const std::string& name, long long value) const;
   long long pool_start(const std::string& instruction, const nlohmann::ordered_json& rule) const;
 
   std::string root_;
   Manifest manifest_;
   std::string device_;
+  // Declared before tokenizer_: started first (see the constructor), joined by sessions_.
+  std::future<std::map<std::string, std::unique_ptr<Ort::Session>>> opening_;
   tok::Tokenizer tokenizer_;
   std::unique_ptr<PromptTokenizer> prompts_;
   std::map<std::string, std::unique_ptr<Ort::Session>> sessions_;
@@ -132,16 +138,16 @@ long long positive_int(const std::string& name, const nlohmann::ordered_json& va
 
 // The registry: manifest family -> pipeline (BundleError for an unknown family).
 std::unique_ptr<Pipeline> make_pipeline(const Bundle& bundle, const std::string& device,
-                                        const ThreadOptions& threads);
+                                        const OpenSettings& open);
 
 // Family factories, one per file named as the Python module (masked_lm.cpp, causal_lm.cpp,
 // instructor.cpp, sentence_encoder.cpp).
 using Factory = std::unique_ptr<Pipeline> (*)(const Bundle&, const std::string&,
-                                              const ThreadOptions&);
-std::unique_ptr<Pipeline> make_masked_lm(const Bundle&, const std::string&, const ThreadOptions&);
-std::unique_ptr<Pipeline> make_causal_lm(const Bundle&, const std::string&, const ThreadOptions&);
-std::unique_ptr<Pipeline> make_instructor(const Bundle&, const std::string&, const ThreadOptions&);
+                                              const OpenSettings&);
+std::unique_ptr<Pipeline> make_masked_lm(const Bundle&, const std::string&, const OpenSettings&);
+std::unique_ptr<Pipeline> make_causal_lm(const Bundle&, const std::string&, const OpenSettings&);
+std::unique_ptr<Pipeline> make_instructor(const Bundle&, const std::string&, const OpenSettings&);
 std::unique_ptr<Pipeline> make_sentence_encoder(const Bundle&, const std::string&,
-                                                const ThreadOptions&);
+                                                const OpenSettings&);
 
 }  // namespace inbedder

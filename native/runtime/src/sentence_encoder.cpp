@@ -20,17 +20,16 @@ const FamilyChecks& checks() {
 
 class SentenceEncoderPipeline : public EmbeddingGraphPipeline {
  public:
-  SentenceEncoderPipeline(const Bundle& bundle, const std::string& device,
-                          const ThreadOptions& threads)
-      : EmbeddingGraphPipeline(bundle, checks(), device, threads) {}
+  SentenceEncoderPipeline(const Bundle& bundle, const std::string& device, const OpenSettings& open)
+      : EmbeddingGraphPipeline(bundle, checks(), device, open) {}
   bool needs_instruction() const override { return false; }  // an optional query prefix
 };
 
 }  // namespace
 
 std::unique_ptr<Pipeline> make_sentence_encoder(const Bundle& bundle, const std::string& device,
-                                                const ThreadOptions& threads) {
-  return std::make_unique<SentenceEncoderPipeline>(bundle, device, threads);
+                                                const OpenSettings& open) {
+  return std::make_unique<SentenceEncoderPipeline>(bundle, device, open);
 }
 
 }  // namespace inbedder

@@ -1,12 +1,14 @@
 // Session options match runtime/session.py: all graph optimizations, weights through the
 // device allocator (not the arena), the thread pool as ThreadOptions says (intra-op threads = the
 // cores this process may use unless asked, inter-op 1, no spinning unless asked), and on CPU the
-// manifest's cpu_disabled_optimizers (the fusions the quantizer left out for CPU on purpose).
+// manifest's cpu_disabled_optimizers (the fusions the quantizer left out for CPU on purpose); the
+// session cache as runtime/session.py's make_session uses it.
 #include "session.hpp"
 
 #include <sched.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <mutex>
 #include <thread>
 
@@ -89,15 +91,39 @@ Ort::SessionOptions session_options(const GraphSpec& spec, const std::string& de
 }
 
 std::unique_ptr<Ort::Session> make_session(const std::string& path, const GraphSpec& spec,
-                                           const std::string& device,
-                                           const ThreadOptions& threads) {
+                                           const std::string& device, const ThreadOptions& threads,
+                                           const CacheSlot* cache) {
+  std::string staging;
+  if (device == "cpu" && cache != nullptr) {
+    if (auto cached = cache->lookup()) {
+      try {
+        Ort::SessionOptions opts = session_options(spec, device, threads);
+        return std::make_unique<Ort::Session>(ort_env(), cached->c_str(), opts);
+      } catch (const Ort::Exception&) {
+        cache->discard();  // a saved graph this onnxruntime cannot open: rebuilt below
+      }
+    }
+    staging = cache->staging();
+  }
   Ort::SessionOptions opts = session_options(spec, device, threads);
   if (device == "cuda") {
     std::string why = append_cuda(opts);
     if (!why.empty())
       throw DeviceError("CUDAExecutionProvider could not be initialised for " + path + ": " + why);
   }
-  return std::make_unique<Ort::Session>(ort_env(), path.c_str(), opts);
+  if (!staging.empty()) cache->save_options(opts, staging);
+  std::unique_ptr<Ort::Session> session;
+  try {
+    session = std::make_unique<Ort::Session>(ort_env(), path.c_str(), opts);
+  } catch (...) {
+    if (!staging.empty()) {
+      std::error_code ec;
+      std::filesystem::remove_all(staging, ec);
+    }
+    throw;
+  }
+  if (!staging.empty()) cache->commit(staging);
+  return session;
 }
 
 }  // namespace inbedder

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "bundle.hpp"
+#include "session_cache.hpp"
 
 namespace inbedder {
 
@@ -31,13 +32,23 @@ struct ThreadOptions {
   bool spinning = false;
 };
 
+// What every session of one open shares: the thread pool, and the session cache directory
+// ("" = none; runtime/session_cache.py: CPU sessions only).
+struct OpenSettings {
+  ThreadOptions threads;
+  std::string session_cache;
+};
+
 // The options of a session for graph `spec` on the resolved device (without its provider), its
 // thread pool as `threads` says.
 Ort::SessionOptions session_options(const GraphSpec& spec, const std::string& device,
                                     const ThreadOptions& threads);
 
-// One session for graph file `path` on the resolved device, its thread pool as `threads` says.
+// One session for graph file `path` on the resolved device, its thread pool as `threads` says;
+// on the CPU with a cache slot, opened from the slot's entry when usable, else from `path`,
+// saving the entry on the way (runtime/session.py's make_session).
 std::unique_ptr<Ort::Session> make_session(const std::string& path, const GraphSpec& spec,
-                                           const std::string& device, const ThreadOptions& threads);
+                                           const std::string& device, const ThreadOptions& threads,
+                                           const CacheSlot* cache = nullptr);
 
 }  // namespace inbedder

@@ -551,3 +551,59 @@ TEST(CApi, VerifyModesAndStamp) {
   EXPECT_EQ(open_with(nullptr, 0), INBEDDER_OK) << last();
   fs::remove_all(tmp);
 }
+
+// The "session_cache" open option: the first open writes one entry, the next opens it and gives
+// the same vectors bit for bit; a damaged entry is rebuilt; a path that is a file is refused.
+TEST(CApi, SessionCache) {
+  NEED_BUNDLE(path, "INBEDDER_TEST_BUNDLE");
+  fs::path cache = fs::temp_directory_path() / ("inbedder-cache-" + std::to_string(::getpid()));
+  fs::remove_all(cache);
+  auto embed = [&](const std::string& dir) {
+    inbedder_options* o = nullptr;
+    EXPECT_EQ(inbedder_options_create(&o), INBEDDER_OK);
+    if (!dir.empty()) {
+      EXPECT_EQ(inbedder_options_set_string(o, "session_cache", dir.c_str()), INBEDDER_OK);
+    }
+    Model m(path, o);
+    inbedder_options_destroy(o);
+    size_t dim = 0;
+    EXPECT_EQ(inbedder_model_dim(m.m, &dim), INBEDDER_OK);
+    std::vector<float> v(3 * dim);
+    EXPECT_EQ(inbedder_embed(m.m, kTexts, 3, kInstr, nullptr, v.data(), v.size(), nullptr),
+              INBEDDER_OK)
+        << last();
+    return v;
+  };
+  auto entries = [&] {
+    std::vector<fs::path> out;
+    for (const auto& e : fs::directory_iterator(cache)) out.push_back(e.path());
+    return out;
+  };
+  const std::vector<float> want = embed("");
+  EXPECT_EQ(embed(cache.string()), want);
+  auto made = entries();
+  ASSERT_EQ(made.size(), 1u);  // the entry, and no staging directory left
+  const fs::path entry = made[0];
+  for (const char* f : {"entry.json", "graph.onnx", "graph.onnx.data"})
+    EXPECT_TRUE(fs::is_regular_file(entry / f)) << f;
+  const auto written = fs::last_write_time(entry / "graph.onnx.data");
+  EXPECT_EQ(embed(cache.string()), want);  // opened from the entry, which is left as it was
+  EXPECT_EQ(fs::last_write_time(entry / "graph.onnx.data"), written);
+  EXPECT_EQ(entries(), made);
+  { std::ofstream(entry / "graph.onnx.data", std::ios::app) << 'x'; }  // damaged: rebuilt
+  EXPECT_EQ(embed(cache.string()), want);
+  EXPECT_EQ(entries(), made);
+  EXPECT_EQ(embed(cache.string()), want);
+  fs::remove_all(cache);
+  { std::ofstream(cache) << "a file"; }
+  inbedder_options* o = nullptr;
+  ASSERT_EQ(inbedder_options_create(&o), INBEDDER_OK);
+  inbedder_options_set_string(o, "session_cache", cache.c_str());
+  inbedder_model* m = nullptr;
+  EXPECT_EQ(inbedder_model_open(path.c_str(), o, &m), INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(m, nullptr);
+  EXPECT_EQ(last(), "session_cache '" + cache.string() + "' is not a directory");
+  EXPECT_EQ(inbedder_options_set_int(o, "session_cache", 1), INBEDDER_ERR_INVALID_ARGUMENT);
+  inbedder_options_destroy(o);
+  fs::remove_all(cache);
+}

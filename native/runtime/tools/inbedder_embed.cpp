@@ -26,7 +26,7 @@ const char* kUsage =
     "usage: inbedder-embed -m MODEL -o OUTPUT [-i INSTRUCTION] [--answers JSONL]\n"
     "                      [--format {auto,lines,jsonl}] [--batch-size N] [--normalize]\n"
     "                      [--truncation {input,reference}] [--device {cpu,cuda,auto}]\n"
-    "                      [--verify {stamp,full,none}]\n"
+    "                      [--verify {stamp,full,none}] [--session-cache DIR]\n"
     "                      [--precision {float32,float16,int8,uint8,binary,ubinary}]\n"
     "                      [--threads N] [--spinning | --no-spinning] [--decode-steps K]\n"
     "                      [--max-new-tokens N] [-q] [input]\n";
@@ -34,7 +34,7 @@ const char* kUsage =
 struct Args {
   std::string model, output, input = "-", format = "auto", truncation = "input", device = "cpu",
                              verify = "stamp", precision = "float32";
-  std::optional<std::string> instruction, answers;
+  std::optional<std::string> instruction, answers, session_cache;
   long long batch_size = 32;
   std::optional<long long> threads, decode_steps, max_new_tokens;
   bool normalize = false, quiet = false, overwrite = false;
@@ -117,6 +117,8 @@ Args parse(int argc, char** argv) {
       a.verify = choice({"stamp", "full", "none"});
     } else if (arg == "--threads") {
       a.threads = to_int(arg, next());
+    } else if (arg == "--session-cache") {
+      a.session_cache = next();
     } else if (arg == "--spinning" || arg == "--no-spinning") {
       no_value("--spinning/--no-spinning");
       a.spinning = arg == "--spinning";  // the last one given wins, as argparse's
@@ -341,6 +343,8 @@ int main(int argc, char** argv) {
   if (a.threads)
     check(inbedder_options_set_int(open_opts, "threads", static_cast<long>(*a.threads)));
   check(inbedder_options_set_int(open_opts, "spinning", a.spinning ? 1 : 0));
+  if (a.session_cache)
+    check(inbedder_options_set_string(open_opts, "session_cache", a.session_cache->c_str()));
   inbedder_model* model = nullptr;
   check(inbedder_model_open(a.model.c_str(), open_opts, &model));
   inbedder_options_destroy(open_opts);

@@ -86,6 +86,11 @@ INBEDDER_API const char* inbedder_last_error(void);
  *           runtime's spinning=False / True; spinning saves a wake-up per operator on an idle
  *           machine but burns the cores other processes need; any other value is
  *           INBEDDER_ERR_INVALID_ARGUMENT),
+ *           "session_cache" (string: a directory where each graph is kept as onnxruntime
+ *           optimized it for this machine, weights pre-packed, so that later opens skip that
+ *           work; created when missing; CPU sessions only; about twice the graph's size on
+ *           disk; the same entries as the Python runtime's session_cache=, README "Session
+ *           cache"; "" or unset: no cache),
  *           "verify" (how file checksums are checked at open: string "stamp" (default) |
  *           "full" | "none", or int 1 = "stamp" / 0 = "none"; "stamp" hashes every file except
  *           one whose entry in the bundle's verified-stamp .inbedder-verified still matches,
