@@ -26,7 +26,7 @@ from inbedder.errors import BundleError, InputError, InputTypeError
 
 from .bundle import MANIFEST_NAME, Bundle, Manifest
 from .prompt import Encoded, PromptTokenizer, pad_batch
-from .session import OPTIMIZATION, ThreadOptions, make_session
+from .session import ThreadOptions, cache_settings, make_session
 from .session_cache import CacheSlot
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
@@ -141,7 +141,7 @@ class Pipeline:
             path = bundle.root / g.file
             slot = None
             if session_cache is not None:
-                settings = {**OPTIMIZATION, "cpu_disabled_optimizers": sorted(g.cpu_disabled_optimizers)}
+                settings = cache_settings(g.cpu_disabled_optimizers)
                 slot = CacheSlot.for_graph(session_cache, manifest.files, g.files, settings)
             session = make_session(path, device, threads, g.cpu_disabled_optimizers, slot)
             declared = [i.name for i in session.get_inputs()]

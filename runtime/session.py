@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import onnxruntime as ort
 
@@ -94,18 +94,28 @@ def thread_options(threads: int | ThreadOptions | None) -> ThreadOptions:
     return threads if isinstance(threads, ThreadOptions) else ThreadOptions(threads)
 
 
-# What, besides the graph, shapes the graph onnxruntime optimizes (the session cache's key).
+# The settings of `session_options` that shape the graph onnxruntime optimizes (so also the
+# session cache's key, `cache_settings`); the thread pool does not.
 OPTIMIZATION = {"graph_optimization_level": "ORT_ENABLE_ALL", "use_device_allocator_for_initializers": "1"}
 
 
 def session_options(threads: int | ThreadOptions | None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    level = OPTIMIZATION["graph_optimization_level"]
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     # Weights go straight to the device allocator rather than through the arena: lower resident
     # memory and faster session creation.
-    opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
+    opts.add_session_config_entry(
+        "session.use_device_allocator_for_initializers", OPTIMIZATION["use_device_allocator_for_initializers"]
+    )
     thread_options(threads).apply(opts)
     return opts
+
+
+def cache_settings(cpu_disabled_optimizers: Sequence[str]) -> dict[str, Any]:
+    """What, besides its files, a graph's session-cache entry is keyed on: `OPTIMIZATION` and the
+    optimizers its CPU sessions disable (native: session.cpp's cache_settings, the same JSON)."""
+    return {**OPTIMIZATION, "cpu_disabled_optimizers": sorted(cpu_disabled_optimizers)}
 
 
 def make_session(

@@ -157,14 +157,9 @@ std::map<std::string, std::unique_ptr<Ort::Session>> Pipeline::open_sessions(
     const std::string path = pure_path(root_ + "/" + g.file);
     std::optional<CacheSlot> slot;
     if (!open.session_cache.empty()) {
-      std::vector<std::string> disabled = g.cpu_disabled_optimizers, files = {g.file};
-      std::sort(disabled.begin(), disabled.end());
+      std::vector<std::string> files = {g.file};
       if (g.data) files.push_back(*g.data);
-      // runtime/session.py's OPTIMIZATION, plus the optimizers this graph disables.
-      const nlohmann::json settings = {{"graph_optimization_level", "ORT_ENABLE_ALL"},
-                                       {"use_device_allocator_for_initializers", "1"},
-                                       {"cpu_disabled_optimizers", disabled}};
-      slot.emplace(open.session_cache, manifest_, files, settings);
+      slot.emplace(open.session_cache, manifest_, files, cache_settings(g));
     }
     auto session = make_session(path, g, device_, open.threads, slot ? &*slot : nullptr);
     // The graph's own inputs and outputs against the manifest's (runtime/pipeline.py's words).

@@ -90,6 +90,15 @@ Ort::SessionOptions session_options(const GraphSpec& spec, const std::string& de
   return opts;
 }
 
+nlohmann::json cache_settings(const GraphSpec& spec) {
+  std::vector<std::string> disabled = spec.cpu_disabled_optimizers;
+  std::sort(disabled.begin(), disabled.end());
+  // As session_options sets them (runtime/session.py's OPTIMIZATION).
+  return {{"graph_optimization_level", "ORT_ENABLE_ALL"},
+          {"use_device_allocator_for_initializers", "1"},
+          {"cpu_disabled_optimizers", disabled}};
+}
+
 std::unique_ptr<Ort::Session> make_session(const std::string& path, const GraphSpec& spec,
                                            const std::string& device, const ThreadOptions& threads,
                                            const CacheSlot* cache) {

@@ -44,6 +44,11 @@ struct OpenSettings {
 Ort::SessionOptions session_options(const GraphSpec& spec, const std::string& device,
                                     const ThreadOptions& threads);
 
+// The settings of session_options that shape the graph onnxruntime optimizes, and the optimizers
+// `spec` disables: what a session-cache entry is keyed on besides the graph's files (the JSON of
+// runtime/session.py's cache_settings, so that both runtimes share entries).
+nlohmann::json cache_settings(const GraphSpec& spec);
+
 // One session for graph file `path` on the resolved device, its thread pool as `threads` says;
 // on the CPU with a cache slot, opened from the slot's entry when usable, else from `path`,
 // saving the entry on the way (runtime/session.py's make_session).

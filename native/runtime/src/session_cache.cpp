@@ -17,20 +17,20 @@
 #include <sstream>
 
 #include "sha256.hpp"
+#include "stamp.hpp"
 
 namespace inbedder {
 namespace fs = std::filesystem;
 namespace {
 
-int64_t ns_of(const struct timespec& t) { return int64_t(t.tv_sec) * 1000000000 + t.tv_nsec; }
-
-// runtime/stamp.py's file_key: what identifies one state of a file.
+// runtime/stamp.py's file_key: the stamp's key of one state of a file, as JSON.
 nlohmann::json file_key(const struct stat& st) {
-  return {{"bytes", int64_t(st.st_size)},
-          {"mtime_ns", ns_of(st.st_mtim)},
-          {"ctime_ns", ns_of(st.st_ctim)},
-          {"ino", uint64_t(st.st_ino)},
-          {"dev", uint64_t(st.st_dev)}};
+  const StampEntry e = stamp_entry("", st);
+  return {{"bytes", e.bytes},
+          {"mtime_ns", e.mtime_ns},
+          {"ctime_ns", e.ctime_ns},
+          {"ino", e.ino},
+          {"dev", e.dev}};
 }
 
 std::string trim(const std::string& s) {
@@ -114,9 +114,9 @@ bool CacheSlot::usable() const {
     return false;
   nlohmann::json doc;
   try {
-    std::ifstream in(meta, std::ios::binary);
-    doc = nlohmann::json::parse(in);
-  } catch (const std::exception&) {
+    struct stat after;
+    doc = nlohmann::json::parse(read_file(meta, std::size_t(st.st_size), &after));
+  } catch (const std::exception&) {  // unreadable, or not JSON
     return false;
   }
   if (!doc.is_object() || !doc.contains("key") || doc["key"] != key_) return false;
@@ -195,21 +195,7 @@ void CacheSlot::commit(const std::string& tmp) const {
   if (ok) {
     const nlohmann::json doc = {
         {"format", kCacheFormat}, {"version", kCacheVersion}, {"key", key_}, {"files", files}};
-    const std::string data = doc.dump(1, ' ', true) + "\n";
-    const std::string meta = tmp + "/" + kCacheEntryName;
-    int fd = ::open(meta.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-    ok = fd >= 0;
-    std::size_t done = 0;
-    while (ok && done < data.size()) {
-      ssize_t n = ::write(fd, data.data() + done, data.size() - done);
-      if (n < 0 && errno == EINTR) continue;
-      ok = n > 0;
-      if (ok) done += std::size_t(n);
-    }
-    if (fd >= 0) {
-      ok = (::fsync(fd) == 0) && ok;
-      ok = (::close(fd) == 0) && ok;
-    }
+    ok = write_new_file(tmp + "/" + kCacheEntryName, doc.dump(1, ' ', true) + "\n", true);
   }
   // Fails when another process has put the entry in place: its entry is kept.
   ok = ok && ::rename(tmp.c_str(), entry_.c_str()) == 0;

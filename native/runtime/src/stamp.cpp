@@ -118,8 +118,16 @@ bool write_stamp(const std::string& root, const Stamp& entries) {
   char hex[9];
   std::snprintf(hex, sizeof hex, "%08x", unsigned(rd()));
   const std::string tmp = root + "/" + kStampName + "." + hex + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-  if (fd < 0) return false;  // a read-only bundle: every open hashes in full
+  // No fsync: a stamp lost in a crash costs one full hash. A read-only bundle: every open hashes.
+  if (!write_new_file(tmp, data, false)) return false;
+  if (::rename(tmp.c_str(), (root + "/" + kStampName).c_str()) == 0) return true;
+  ::unlink(tmp.c_str());
+  return false;
+}
+
+bool write_new_file(const std::string& path, const std::string& data, bool sync) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0) return false;  // not ours to remove
   std::size_t done = 0;
   bool ok = true;
   while (ok && done < data.size()) {
@@ -128,9 +136,9 @@ bool write_stamp(const std::string& root, const Stamp& entries) {
     ok = n > 0;
     if (ok) done += std::size_t(n);
   }
+  if (sync) ok = ok && ::fsync(fd) == 0;
   ok = (::close(fd) == 0) && ok;
-  ok = ok && ::rename(tmp.c_str(), (root + "/" + kStampName).c_str()) == 0;
-  if (!ok) ::unlink(tmp.c_str());
+  if (!ok) ::unlink(path.c_str());
   return ok;
 }
 

@@ -46,6 +46,9 @@ Stamp read_stamp(const std::string& root);
 // left as it was, when it cannot be written (read-only bundle, full disk): silent, as the open
 // goes on either way.
 bool write_stamp(const std::string& root, const Stamp& entries);
+// Writes `data` into a new file at `path` (O_CREAT | O_EXCL | O_NOFOLLOW), fsynced when `sync`;
+// false on any failure, leaving no file it created (the stamp's and the session cache's writes).
+bool write_new_file(const std::string& path, const std::string& data, bool sync);
 // The stamp or one of its temporary files (never a bundle file).
 bool is_stamp_file(const std::string& name);
 // CLOCK_REALTIME in nanoseconds (time.time_ns()).

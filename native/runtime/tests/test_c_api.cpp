@@ -54,6 +54,17 @@ const char* kTexts[] = {"I love cats!", "",
                         "a literal <mask> and {instruction} inside", "ok"};
 const char* kInstr = "What animal is mentioned?";
 
+// The first n of kTexts under kInstr, embedded by m ((n, dim) row-major; a failure is reported).
+std::vector<float> embed_first(const Model& m, size_t n) {
+  size_t dim = 0;
+  EXPECT_EQ(inbedder_model_dim(m.m, &dim), INBEDDER_OK) << last();
+  std::vector<float> v(n * dim);
+  EXPECT_EQ(inbedder_embed(m.m, kTexts, n, kInstr, nullptr, v.data(), v.size(), nullptr),
+            INBEDDER_OK)
+      << last();
+  return v;
+}
+
 }  // namespace
 
 TEST(CApi, NullPointersAreErrorsNotCrashes) {
@@ -408,13 +419,7 @@ TEST(CApi, SpinningOption) {
     ASSERT_EQ(inbedder_options_set_int(o, "spinning", spin), INBEDDER_OK);
     Model m(path, o);
     ASSERT_NE(m.m, nullptr);
-    size_t dim = 0;
-    ASSERT_EQ(inbedder_model_dim(m.m, &dim), INBEDDER_OK);
-    std::vector<float> v(2 * dim);
-    ASSERT_EQ(inbedder_embed(m.m, kTexts, 2, kInstr, nullptr, v.data(), v.size(), nullptr),
-              INBEDDER_OK)
-        << last();
-    got.push_back(v);
+    got.push_back(embed_first(m, 2));
   }
   EXPECT_EQ(got[0], got[1]);
   for (long bad : {2L, -1L}) {
@@ -566,13 +571,7 @@ TEST(CApi, SessionCache) {
     }
     Model m(path, o);
     inbedder_options_destroy(o);
-    size_t dim = 0;
-    EXPECT_EQ(inbedder_model_dim(m.m, &dim), INBEDDER_OK);
-    std::vector<float> v(3 * dim);
-    EXPECT_EQ(inbedder_embed(m.m, kTexts, 3, kInstr, nullptr, v.data(), v.size(), nullptr),
-              INBEDDER_OK)
-        << last();
-    return v;
+    return embed_first(m, 3);
   };
   auto entries = [&] {
     std::vector<fs::path> out;
