@@ -131,14 +131,18 @@ class CacheSlot:
         """The entry's graph if the entry is complete, holds this key and its files are as written;
         else None (a damaged or foreign entry is removed, so that it is rebuilt)."""
         meta = self.entry / ENTRY_NAME
+        why: str | None
         try:
             st = os.lstat(meta)
         except FileNotFoundError:
-            return None
+            if not os.path.lexists(self.entry):
+                return None
+            why = f"{ENTRY_NAME} is missing"  # a directory no commit made: it would block the rename
         except OSError as e:
             log.warning("session cache %s: unreadable (%s); not used", self.entry, e.strerror)
             return None
-        why = self._check(meta, st)
+        else:
+            why = self._check(meta, st)
         if why is None:
             return self.entry / GRAPH_NAME
         log.warning("session cache %s: %s; rebuilding it", self.entry, why)

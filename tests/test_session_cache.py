@@ -126,6 +126,12 @@ def _missing_data(entry: Path) -> None:
     (entry / DATA_NAME).unlink()
 
 
+def _missing_entry_json(entry: Path) -> None:
+    """A directory with the entry's name but no entry.json (not one a commit made): it must not
+    block every later commit's rename."""
+    (entry / ENTRY_NAME).unlink()
+
+
 def _extra_file(entry: Path) -> None:
     (entry / "stray.bin").write_bytes(b"x")
 
@@ -145,6 +151,7 @@ def _unloadable_graph(entry: Path) -> None:
         (_damage_entry_json, "entry.json cannot be read"),
         (_foreign_key, "entry.json holds another key"),
         (_missing_data, "are not the ones recorded"),
+        (_missing_entry_json, "entry.json is missing"),
         (_extra_file, "are not the ones recorded"),
         (_unloadable_graph, "onnxruntime cannot open it"),
     ],

@@ -138,10 +138,8 @@ bool CacheSlot::usable() const {
 }
 
 std::optional<std::string> CacheSlot::lookup() const {
-  struct stat st;
-  if (::lstat((entry_ + "/" + kCacheEntryName).c_str(), &st) != 0) return std::nullopt;
   if (usable()) return entry_ + "/" + kCacheGraphName;
-  discard();
+  discard();  // also a directory without entry.json, which would block the commit's rename
   return std::nullopt;
 }
 

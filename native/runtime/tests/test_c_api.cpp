@@ -593,6 +593,10 @@ TEST(CApi, SessionCache) {
   EXPECT_EQ(embed(cache.string()), want);
   EXPECT_EQ(entries(), made);
   EXPECT_EQ(embed(cache.string()), want);
+  fs::remove(entry / "entry.json");  // a directory no commit made would block the rename: rebuilt
+  EXPECT_EQ(embed(cache.string()), want);
+  EXPECT_EQ(entries(), made);
+  EXPECT_TRUE(fs::is_regular_file(entry / "entry.json"));
   fs::remove_all(cache);
   { std::ofstream(cache) << "a file"; }
   inbedder_options* o = nullptr;
