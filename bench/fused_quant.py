@@ -1,21 +1,21 @@
-"""What fusing per-token int8's passes around each weight GEMM would save (issue 17).
+"""What fusing per-token int8's passes around each weight GEMM saves (issue 17): the bundle's
+stock graph against its row-ops forms, graph sessions alone.
 
-Scope: a measurement, not a runtime feature. The per-token graphs (quantize/pertoken.py) quantize
-each weight MatMul's input with six stock nodes (Abs or the GELU shift Add, ReduceMax, Mul, Max,
-Reciprocal, Mul, QuantizeLinear: ~5 passes over the activation), and MatMulIntegerToFloat applies
-their per-row scale in a pass of its own before the bias and residual Adds. `fused_quant/
-fused_ops.cc` has the same arithmetic as two onnxruntime custom operators, RowQuantize and
-RowScale (one pass each, on the session's thread pool). This script builds them with g++ against
-onnxruntime's headers (scripts/install.sh's `.cache/onnxruntime/include`, or
-`$ONNXRUNTIME_ROOT/include`), rewrites a bundle's graph to use them (VARIANTS), checks that every
-output is bit-identical to the bundle graph's, and times the graphs in one process, alternating,
-at each (batch x tokens) point.
+Scope: a measurement of the row operators (native/runtime/src/row_ops.cpp, the graphs of
+quantize/row_ops.py; README "Row operators"). The per-token graphs quantize each weight MatMul's
+input with six stock nodes (~5 passes over the activation), and MatMulIntegerToFloat applies their
+per-row scale in a pass of its own before the bias and residual Adds; RowQuantize and RowScale do
+each in one pass on the session's thread pool. This script rewrites a per-token int8 bundle's
+graph in two stages (VARIANTS: RowQuantize only, then RowScale too, which is what quantize's
+row_ops= writes), checks that every output is bit-identical to the stock graph's, and times the
+graphs in one process, alternating, at each (batch x tokens) point.
 
     python bench/fused_quant.py --bundle /work/bench/ct2/int8 [--points 1x32,8x128] [--rounds 10]
-        [--profile]
+        [--profile] [--build BUILD_DIR]
 
-Shipping them would mean a compiled operator library that both runtimes register (the Python
-runtime today needs only onnxruntime, tokenizers and numpy) and bundles that name it.
+`--build`: a native build directory holding libinbedder_row_ops.so (default: tests/native.py's
+build/pytest, configured and built when needed). INBEDDER_ROW_OPS_ISA=avx2|scalar times a lower
+kernel path.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import collections
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,135 +33,24 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper
+
+from inbedder.quantize.row_ops import fuse_quantization, fuse_scale
 
 HERE = Path(__file__).resolve().parent
-SOURCE = HERE / "fused_quant" / "fused_ops.cc"
-DOMAIN = "inbedder.bench"
-STOCK = {"abs", "amax", "scale", "floor", "inv", "norm", "q"}  # pertoken's `.rowq/` node suffixes
-SHIFTED = STOCK - {"abs"} | {"shift"}
 
 
-def build(out_dir: Path, march: str = "native") -> Path:
-    """Compile the operator library; returns its path."""
-    root = os.environ.get("ONNXRUNTIME_ROOT")
-    include = Path(root) / "include" if root else HERE.parent / ".cache" / "onnxruntime" / "include"
-    if not (include / "onnxruntime_cxx_api.h").exists():
-        raise SystemExit(f"fused_quant: no onnxruntime headers in {include} (run scripts/install.sh)")
-    lib = out_dir / "libfused_ops.so"
-    flags = [f"-march={march}"] if march else []
-    # no FMA contraction: z * s + b must round twice, as the stock Mul and Add do
-    cmd = [
-        "g++",
-        "-O3",
-        *flags,
-        "-ffp-contract=off",
-        "-std=c++17",
-        "-Wall",
-        "-Wextra",
-        "-Werror",
-        "-shared",
-        "-fPIC",
-    ]
-    subprocess.run([*cmd, f"-I{include}", str(SOURCE), "-o", str(lib)], check=True)
+def library(build: Path | None) -> Path:
+    """The row operators' library: from `build` (a native build directory), else built by
+    tests/native.py's build_native (build/pytest)."""
+    if build is None:
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        from native import build_native
+
+        build = build_native()
+    lib = build / "native" / "runtime" / "libinbedder_row_ops.so"
+    if not lib.is_file():
+        raise SystemExit(f"fused_quant: no {lib} (build the native tree: cmake --build {build})")
     return lib
-
-
-def fuse_quantization(model: onnx.ModelProto) -> int:
-    """Replace every per-token row quantization of `model` (pertoken's `<x>.rowq/*` nodes) by one
-    RowQuantize node, in place; returns how many."""
-    groups: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        if ".rowq/" in n.name:
-            groups.setdefault(n.name.rsplit("/", 1)[0], []).append(n)
-    out: list[onnx.NodeProto] = []
-    for n in model.graph.node:
-        prefix = n.name.rsplit("/", 1)[0] if ".rowq/" in n.name else None
-        if prefix is None:
-            out.append(n)
-            continue
-        group = groups.pop(prefix, None)
-        if group is None:  # already replaced, at the group's first node
-            continue
-        kinds = {g.name.rsplit("/", 1)[1] for g in group}
-        if kinds not in (STOCK, SHIFTED):
-            raise ValueError(f"{prefix}: not pertoken's row quantization ({sorted(kinds)})")
-        x = prefix.removesuffix(".rowq")
-        outputs = [f"{prefix}.q", f"{prefix}.scale"]
-        shifted = int(kinds == SHIFTED)
-        out.append(
-            helper.make_node(
-                "RowQuantize", [x], outputs, name=f"{prefix}/fused", domain=DOMAIN, shifted=shifted
-            )
-        )
-    _replace_nodes(model, out)
-    return sum(1 for n in out if n.op_type == "RowQuantize")
-
-
-def fuse_scale(model: onnx.ModelProto) -> int:
-    """Give every MatMulIntegerToFloat with a per-row A scale the scale 1 and apply the row scale
-    in a RowScale node after it, which also takes the bias Add that follows (a constant (N,)) and
-    the residual Add after that (another tensor) when each is the only consumer; returns how many."""
-    inits = {t.name: t for t in model.graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    outputs = {o.name for o in model.graph.output}
-
-    def only_add(tensor: str) -> onnx.NodeProto | None:
-        users = consumers.get(tensor, [])
-        if tensor in outputs or len(users) != 1 or users[0].op_type != "Add":
-            return None
-        return users[0]
-
-    one = "fused.one"
-    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(1.0, np.float32), one))
-    absorbed: set[str] = set()
-    after: dict[str, onnx.NodeProto] = {}  # node name -> the RowScale to insert after it
-    for n in model.graph.node:
-        if n.op_type != "MatMulIntegerToFloat" or n.input[2] in inits:
-            continue
-        scale, raw = n.input[2], f"{n.output[0]}.unscaled"
-        inputs, result, last = [raw, scale], n.output[0], n
-        bias_add = only_add(result)
-        if bias_add is not None:
-            bias = next((i for i in bias_add.input if i != result), "")
-            t = inits.get(bias)
-            if t is not None and list(t.dims) == [inits[n.input[3]].dims[-1]]:
-                inputs.append(bias)
-                result, last = bias_add.output[0], bias_add
-                absorbed.add(bias_add.name)
-                res_add = only_add(result)
-                other = next((i for i in res_add.input if i != result), "") if res_add else ""
-                if res_add is not None and other not in inits:
-                    inputs.append(other)
-                    result, last = res_add.output[0], res_add
-                    absorbed.add(res_add.name)
-        n.input[2] = one
-        n.output[0] = raw
-        after[last.name] = helper.make_node(
-            "RowScale", inputs, [result], name=f"{n.name}/row_scale", domain=DOMAIN
-        )
-    out: list[onnx.NodeProto] = []
-    for n in model.graph.node:
-        if n.name not in absorbed:
-            out.append(n)
-        if n.name in after:
-            out.append(after[n.name])
-    _replace_nodes(model, out)
-    return len(after)
-
-
-def _replace_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> None:
-    model.graph.ClearField("node")
-    model.graph.node.extend(nodes)
-    if not any(o.domain == DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
-    used = {i for n in model.graph.node for i in n.input}
-    keep = [t for t in model.graph.initializer if t.name in used]  # replaced constants go
-    model.graph.ClearField("initializer")
-    model.graph.initializer.extend(keep)
 
 
 def session(
@@ -183,7 +71,10 @@ def session(
     )
 
 
-VARIANTS = {"quant": (fuse_quantization,), "quant+scale": (fuse_quantization, fuse_scale)}
+VARIANTS = {
+    "quant": (fuse_quantization,),
+    "quant+scale": (fuse_quantization, fuse_scale),
+}  # stages of row_ops.rewrite
 
 
 def compare(
@@ -271,12 +162,12 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path, required=True, help="a per-token int8 bundle")
     ap.add_argument("--points", default="1x32,1x128,1x512,8x64,8x128,8x512", help="BATCHxTOKENS")
     ap.add_argument("--rounds", type=int, default=15, help="timed passes per graph and point")
-    ap.add_argument("--march", default="native", help="g++ -march (empty: the compiler's default)")
+    ap.add_argument("--build", type=Path, help="native build directory (default: build/pytest)")
     ap.add_argument("--profile", action="store_true", help="also onnxruntime's per-operator profile")
     args = ap.parse_args()
     points = [(int(b), int(t)) for b, t in (p.split("x") for p in args.points.split(","))]
+    lib = library(args.build)
     with tempfile.TemporaryDirectory() as tmp:
-        lib = build(Path(tmp), args.march)
         compare(args.bundle, lib, points, args.rounds, Path(tmp) if args.profile else None)
 
 

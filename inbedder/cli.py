@@ -114,9 +114,20 @@ def _print_gate(out: str, m: Manifest) -> None:
             f"\naccepted attempt {a['attempt'] + 1} of {len(q['attempts'])}: "
             f"{weights}, {a[kept]} MatMuls kept {kept.removeprefix('kept_')}"
         )
+    rows = ""
+    if "row_ops" in q:
+        done = q["row_ops"]["graphs"]
+        rows = "\nrow-ops graphs: " + (
+            ", ".join(
+                f"{g['file']} ({role}; {g['ops']['RowQuantize']} RowQuantize, {g['ops']['RowScale']} "
+                f"RowScale; bit-identical on {g['bit_identical_passes']} passes)"
+                for role, g in done.items()
+            )
+            or "none (no per-token row quantization to fuse)"
+        )
     print(
         f"wrote {out}: {m.precision} bundle; fidelity vs fp32 (bound {v['bound']} on held-out min):\n"
-        f"  {part('held-out', v['heldout'])}\n  {part('calibration', v['calibration'])}{rr}{accepted}"
+        f"  {part('held-out', v['heldout'])}\n  {part('calibration', v['calibration'])}{rr}{accepted}{rows}"
     )
 
 
@@ -149,6 +160,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         per_channel=args.per_channel,
         overwrite=args.overwrite,
         int8_method=args.int8_method,
+        row_ops=args.row_ops,
     )
     _print_gate(args.out_dir, m)
     return 0
@@ -181,6 +193,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         verify=args.verify,
         spinning=args.spinning,
         session_cache=args.session_cache,
+        row_ops=args.row_ops,
         workers=args.workers,
         options=options,
         overwrite=args.overwrite,
@@ -319,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-token activation scales (default: results independent of the batch) or "
         "onnxruntime's quantize_dynamic (one scale per batch)",
     )
+    q.add_argument(
+        "--row-ops",
+        metavar="LIB",
+        help="also write each graph's row-ops form (fused per-token passes, bit-identical), checked "
+        "with this operator library (libinbedder_row_ops.so, built with the native runtime)",
+    )
     q.add_argument("--overwrite", action="store_true", help="replace an existing bundle at out_dir")
     q.set_defaults(func=_cmd_quantize)
 
@@ -412,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DIR",
         help="keep each graph optimized and pre-packed for this machine in DIR: faster later opens (CPU)",
+    )
+    m.add_argument(
+        "--row-ops",
+        default=None,
+        metavar="LIB",
+        help="run a graph's row-ops form (same vectors, faster) with this operator library "
+        "(libinbedder_row_ops.so) when the bundle has one (CPU)",
     )
     m.add_argument(
         "--decode-steps", type=int, default=None, help="masked LMs: passes of iterative unmasking (default 1)"

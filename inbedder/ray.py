@@ -338,6 +338,8 @@ def run_cli_job(spec: Any, address: str | None) -> int:
         raise SystemExit(
             "--session-cache is not available with --ray (the actors open their sessions on the nodes)"
         )
+    if spec.row_ops is not None:
+        raise SystemExit("--row-ops is not available with --ray (the library path is this machine's)")
     out = Path(spec.output)
     if out.exists() and not spec.overwrite:
         raise SystemExit(f"{out} exists; pass --overwrite to replace it")

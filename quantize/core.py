@@ -23,7 +23,7 @@ from inbedder.onnxfile import data_name, save_graph
 from inbedder.runtime import Embedder, cuda_available
 from inbedder.runtime.bundle import Manifest, bundle_root, load_manifest, move_files, staging, write_bundle
 from inbedder.runtime.samples import calibration_pairs, heldout_pairs
-from inbedder.runtime.session import Device
+from inbedder.runtime.session import Device, row_ops_library
 
 from .convert import FP16_FP32_OPS, INT8_OP_TYPES, convert_fp16, fuse, overflowing_nodes, quantize_int8
 from .embedding import quantize_tables
@@ -40,6 +40,7 @@ from .gate import (
 from .int4 import ACCURACY_LEVEL, BLOCK_SIZE, SYMMETRIC, quantize_int4, simulate_activations, simulate_weights
 from .isa import cpu_features
 from .pertoken import quantize_int8_invariant
+from .row_ops import add_row_ops
 from .sensitivity import rank_end_to_end, rank_matmuls
 
 QuantPrecision = Literal["int8", "int4", "fp16"]
@@ -216,6 +217,7 @@ def quantize_bundle(
     overwrite: bool = False,
     int8_method: str | Int8Method = DEFAULT_INT8_METHOD,
     int4: Int8Method = INT4,
+    row_ops: str | Path | None = None,
 ) -> Manifest:
     """Write a `precision` copy of the fp32 bundle `src` to `out` (which may be `src` itself with
     `overwrite=True`) if its embeddings stay within `min_cosine` of the source's on the held-out
@@ -235,6 +237,12 @@ def quantize_bundle(
     depend on its batch; "dynamic": onnxruntime's `quantize_dynamic`, one scale per batch).
     `precision="int4"` searches `int4` (default `INT4`: `int4_method()`) the same way, its fallback
     keeping the most sensitive MatMuls at per-token int8.
+
+    `row_ops` (per-token int8 only): the path of inbedder's operator library
+    (libinbedder_row_ops.so, built with the native runtime). The accepted bundle then also gets
+    each graph's row-ops form (quantize/row_ops.py: the per-token passes fused, the same weights
+    file), written only if its outputs are bit-identical to the stock graph's on every graph pass
+    of the calibration and held-out texts (else `QuantizationRefused`).
     """
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -242,6 +250,12 @@ def quantize_bundle(
         if int8_method not in INT8_METHODS:
             raise InputError(f"int8_method must be one of {tuple(INT8_METHODS)}, got {int8_method!r}")
         int8_method = INT8_METHODS[int8_method]
+    lib = row_ops_library(row_ops)
+    if lib is not None and (precision != "int8" or not int8_method.per_token):
+        raise InputError(
+            f"row_ops needs per-token int8 (precision 'int8', int8_method 'per-token'), got "
+            f"precision {precision!r}, int8_method {int8_method.name!r}"
+        )
     if min_cosine is None:
         min_cosine = DEFAULT_MIN_COSINES[precision]
     if not 0.0 < min_cosine <= 1.0:
@@ -311,6 +325,9 @@ def quantize_bundle(
         figures = GateFigures(calibration=cal, heldout=held, bound=min_cosine)
         record = dict(staged.options["quantization"])
         record["selection_bound"] = select_bound
+        if lib is not None:
+            graphs, record["row_ops"] = add_row_ops(work / name, staged, lib, [*cal_pairs, *held_pairs])
+            staged = dataclasses.replace(staged, graphs=graphs)
         if not figures.passed:
             attempts = record.get("attempts")
             raise QuantizationRefused(

@@ -111,7 +111,9 @@ class GraphSpec:
     model type that fits the graph ("bert", "t5"; None: no fusions), written by the exporter and
     read by quantize. `cpu_disabled_optimizers` are onnxruntime session optimizers every CPU
     session of this graph disables (the Python runtime passes them as `disabled_optimizers`, the
-    native one as "optimization.disable_specified_optimizers").
+    native one as "optimization.disable_specified_optimizers"). `row_ops` names the same graph
+    rewritten with inbedder's row operators (quantize/row_ops.py; outputs bit-identical to
+    `file`'s, weights read from the same `data`), or None.
     """
 
     file: str
@@ -120,11 +122,16 @@ class GraphSpec:
     data: str | None = None
     fusion: str | None = None
     cpu_disabled_optimizers: tuple[str, ...] = ()
+    row_ops: str | None = None
 
     @property
     def files(self) -> tuple[str, ...]:
         """The bundle files this graph is made of: the graph, then its weights file if any."""
         return (self.file, self.data) if self.data else (self.file,)
+
+    def files_of(self, graph: str) -> tuple[str, ...]:
+        """The bundle files a session of `graph` (`file` or `row_ops`) reads."""
+        return (graph, self.data) if self.data else (graph,)
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,9 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        for g in d["graphs"].values():  # optional: absent unless the bundle has the graph
+            if g["row_ops"] is None:
+                del g["row_ops"]
         d = {"format": FORMAT_NAME, **d}
         return d
 
@@ -285,6 +295,7 @@ def _parse(d: Mapping[str, Any], version: int) -> Manifest:
         if not isinstance(g, dict):
             raise _FieldError(f"{where} must be an object, got {_json_kind(g)}")
         data = _get(g, "data", str, where, None)
+        row_ops = _get(g, "row_ops", str, where, None)
         graphs[role] = GraphSpec(
             file=check_file_name(_get(g, "file", str, where), f"{where}.file"),
             inputs=_strings(g, "inputs", where),
@@ -292,6 +303,7 @@ def _parse(d: Mapping[str, Any], version: int) -> Manifest:
             data=None if data is None else check_file_name(data, f"{where}.data"),
             fusion=_get(g, "fusion", str, where, None),
             cpu_disabled_optimizers=_strings(g, "cpu_disabled_optimizers", where, []),
+            row_ops=None if row_ops is None else check_file_name(row_ops, f"{where}.row_ops"),
         )
     postprocess = _strings(d, "postprocess", "", [])
     for step in postprocess:
@@ -470,6 +482,7 @@ def _read_checked(root: Path, verify: Verify) -> Bundle:
         raise BundleError(f"{mpath}: manifest is not a JSON object")
     manifest = Manifest.from_json(raw, origin=str(mpath))
     needed = [manifest.tokenizer_file, *(f for g in manifest.graphs.values() for f in g.files)]
+    needed += [g.row_ops for g in manifest.graphs.values() if g.row_ops]
     for name in needed:
         if name not in manifest.files:
             raise BundleError(f"{mpath}: file {name!r} is used but has no checksum entry")

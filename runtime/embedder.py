@@ -21,7 +21,7 @@ from .bundle import Bundle, Manifest, load_bundle
 from .hub import resolve_bundle
 from .pipeline import Pipeline, pipeline_for
 from .prompt import TRUNCATION_MODES, TruncationMode
-from .session import Device, ThreadOptions, resolve_device
+from .session import Device, ThreadOptions, resolve_device, row_ops_library
 from .session_cache import cache_root
 from .stamp import Verify
 
@@ -100,6 +100,9 @@ class Embedder:
     `session_cache`: a directory where each graph is kept as onnxruntime optimized it for this
     machine, weights pre-packed, so that later opens skip that work (runtime/session_cache.py;
     CPU only; about twice the graph's size on disk). None (default): no cache.
+    `row_ops`: the path of inbedder's operator library (libinbedder_row_ops.so, built with the
+    native runtime): CPU sessions then run a graph's row-ops form when the bundle has one (fused
+    per-token int8 passes, bit-identical outputs). None (default): the stock graphs.
     """
 
     def __init__(
@@ -111,15 +114,18 @@ class Embedder:
         verify: Verify | bool = "stamp",
         spinning: bool = False,
         session_cache: str | os.PathLike[str] | None = None,
+        row_ops: str | os.PathLike[str] | None = None,
     ):
         self.bundle_dir = resolve_bundle(bundle_dir)  # a directory, or a hub name fetched into the cache
         self.device = resolve_device(device)
         self.threads = ThreadOptions(threads, spinning)  # checked before anything is read
         cache = cache_root(session_cache)
+        lib = row_ops_library(row_ops)
 
         def build(bundle: Bundle) -> tuple[Manifest, Pipeline]:
             # Run while this version of the bundle is locked: every file comes from it.
-            return bundle.manifest, pipeline_for(bundle.manifest)(bundle, self.device, self.threads, cache)
+            pipeline = pipeline_for(bundle.manifest)(bundle, self.device, self.threads, cache, lib)
+            return bundle.manifest, pipeline
 
         loaded: tuple[Manifest, Pipeline] = load_bundle(self.bundle_dir, build, verify=verify)
         self.manifest, self.pipeline = loaded

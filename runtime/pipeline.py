@@ -117,6 +117,7 @@ class Pipeline:
         device: str,
         threads: int | ThreadOptions | None,
         session_cache: Path | None = None,
+        row_ops: Path | None = None,
     ):
         manifest = bundle.manifest
         self.manifest = manifest
@@ -138,12 +139,16 @@ class Pipeline:
             )
         self.sessions = {}
         for role, g in manifest.graphs.items():
-            path = bundle.root / g.file
+            # A graph's row-ops form gives the same bits (quantize/row_ops.py); CPU only, and only
+            # with the operator library to run it.
+            lib = row_ops if g.row_ops and device == "cpu" else None
+            graph = g.row_ops if lib is not None and g.row_ops else g.file
+            path = bundle.root / graph
             slot = None
             if session_cache is not None:
                 settings = cache_settings(g.cpu_disabled_optimizers)
-                slot = CacheSlot.for_graph(session_cache, manifest.files, g.files, settings)
-            session = make_session(path, device, threads, g.cpu_disabled_optimizers, slot)
+                slot = CacheSlot.for_graph(session_cache, manifest.files, g.files_of(graph), settings)
+            session = make_session(path, device, threads, g.cpu_disabled_optimizers, slot, lib)
             declared = [i.name for i in session.get_inputs()]
             if sorted(declared) != sorted(g.inputs):
                 raise BundleError(

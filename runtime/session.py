@@ -99,8 +99,30 @@ def thread_options(threads: int | ThreadOptions | None) -> ThreadOptions:
 OPTIMIZATION = {"graph_optimization_level": "ORT_ENABLE_ALL", "use_device_allocator_for_initializers": "1"}
 
 
-def session_options(threads: int | ThreadOptions | None) -> ort.SessionOptions:
+def row_ops_library(path: str | os.PathLike[str] | None) -> Path | None:
+    """The `row_ops=` argument checked: None, or the path of an existing file (the operator
+    library; whether onnxruntime can load it is known when the first session registers it)."""
+    if path is None:
+        return None
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        kind = type(path).__name__
+        raise InputError(f"row_ops must be a path to libinbedder_row_ops.so or None, got {kind}")
+    lib = Path(path)
+    if not lib.is_file():
+        raise InputError(f"row_ops: {lib} is not a file (the operator library libinbedder_row_ops.so)")
+    return lib.resolve()
+
+
+def session_options(threads: int | ThreadOptions | None, row_ops: Path | None = None) -> ort.SessionOptions:
+    """The options of every session; with `row_ops` (libinbedder_row_ops.so), inbedder's row
+    operators registered."""
     opts = ort.SessionOptions()
+    if row_ops is not None:
+        try:
+            opts.register_custom_ops_library(str(row_ops))
+        except Exception as e:  # onnxruntime's own kinds: a missing file, not a library, ...
+            why = f"row_ops: {row_ops} is not an operator library onnxruntime can load ({_cause(e)})"
+            raise InputError(why) from None
     level = OPTIMIZATION["graph_optimization_level"]
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     # Weights go straight to the device allocator rather than through the arena: lower resident
@@ -124,12 +146,14 @@ def make_session(
     threads: int | ThreadOptions | None = None,
     cpu_disabled_optimizers: Sequence[str] = (),
     cache: CacheSlot | None = None,
+    row_ops: Path | None = None,
 ) -> ort.InferenceSession:
     """One inference session on the resolved device ("cpu" or "cuda"); on the CPU without the
     session optimizers the bundle's manifest names for this graph, its thread pool as `threads`
     says (an int: that many intra-op threads, the other `ThreadOptions` defaults). On the CPU with
     a `cache` slot: opened from the slot's entry when it is usable, else from `path`, saving the
-    entry on the way (runtime/session_cache.py)."""
+    entry on the way (runtime/session_cache.py). `row_ops`: the operator library `path` (a
+    row-ops graph) needs."""
     providers = [_CUDA, _CPU] if device == "cuda" else [_CPU]
     disabled = list(cpu_disabled_optimizers) if device == "cpu" else []
     staging = None
@@ -137,13 +161,13 @@ def make_session(
         cached = cache.lookup()
         if cached is not None:
             try:
-                return _create(cached, session_options(threads), providers, disabled)
+                return _create(cached, session_options(threads, row_ops), providers, disabled)
             except Exception as e:  # a saved graph this onnxruntime cannot open: rebuild it
                 why = _cause(e)
                 log.warning("session cache %s: onnxruntime cannot open it (%s); rebuilding", cache.entry, why)
                 cache.discard()
         staging = cache.staging()
-    opts = session_options(threads)
+    opts = session_options(threads, row_ops)
     if staging is not None and cache is not None:
         cache.save_options(opts, staging)
     try:

@@ -43,6 +43,7 @@ INSTRUCTIONS = [
     "Where did this happen?",
     "Where did this happen?",
 ]
+PAIRS = list(zip(TEXTS, INSTRUCTIONS, strict=True))
 TOL = 1e-5
 
 
@@ -91,7 +92,11 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, masked_bundle: Path, pair_
         from inbedder.quantize import quantize_bundle
 
         base, _, precision = kind.partition(":")
-        if precision:
+        if precision == "int8-row-ops":  # per-token int8 with its row-ops graph (tests/test_row_ops.py)
+            out = root / kind.replace(":", "-")
+            lib = build_native() / "native" / "runtime" / "libinbedder_row_ops.so"
+            quantize_bundle(get(base), out, calibration=PAIRS[:4], heldout=PAIRS[4:], row_ops=lib)
+        elif precision:
             out = root / kind.replace(":", "-")
             # This fixture only makes an int8 bundle for the native-vs-Python parity tests: the
             # gate's search and fidelity on the built-in evaluation set are test_quantize's
@@ -99,10 +104,9 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, masked_bundle: Path, pair_
             # per bundle would cost minutes, and refuses the tiny random causal models, whose
             # int8 drift says nothing about the runtime), and per-channel scales on real weights.
             real = base in ("minilm", "st-minilm")
-            pairs = list(zip(TEXTS, INSTRUCTIONS, strict=True))
             quantize_bundle(
                 get(base), out, precision=precision, per_channel=real,
-                calibration=pairs[:4], heldout=pairs[4:],
+                calibration=PAIRS[:4], heldout=PAIRS[4:],
             )  # fmt: skip
         elif base in ("causal-opt", "causal-llama", "causal-opt-avg", "causal-llama-avg"):
             family = base.split("-")[1]
@@ -398,6 +402,7 @@ def _ctest(build: Path, bundles, extra_env: dict[str, str] | None = None) -> str
     env["INBEDDER_TEST_BUNDLE"] = str(bundles("masked"))
     env["INBEDDER_TEST_CAUSAL_BUNDLE"] = str(bundles("causal-opt-avg"))
     env["INBEDDER_TEST_SENTENCE_BUNDLE"] = str(bundles("st-noprompt"))
+    env["INBEDDER_TEST_ROW_OPS_BUNDLE"] = str(bundles("masked:int8-row-ops"))
     env.update(extra_env or {})
     done = subprocess.run(
         ["ctest", "--test-dir", str(build), "--output-on-failure", "-R", "c_api|header"],

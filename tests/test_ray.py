@@ -84,6 +84,10 @@ def test_cli_ray_reads_and_writes_parquet_directories(cluster, masked_bundle: Pa
         main(args)
     with pytest.raises(SystemExit, match="--resume is not available with --ray"):
         main([*args, "--resume"])
+    with pytest.raises(SystemExit, match="--session-cache is not available with --ray"):
+        main([*args, "--session-cache", str(tmp_path / "cache")])
+    with pytest.raises(SystemExit, match="--row-ops is not available with --ray"):
+        main([*args, "--row-ops", str(tmp_path / "libinbedder_row_ops.so")])
 
 
 def test_vectors_equal_the_local_embedders_keyed_by_id(cluster, masked_bundle: Path, tmp_path: Path):

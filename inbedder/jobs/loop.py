@@ -55,6 +55,7 @@ class JobSpec:
     verify: str = "stamp"  # checksums: Embedder's `verify`
     spinning: bool = False
     session_cache: str | None = None  # Embedder's `session_cache`
+    row_ops: str | None = None  # Embedder's `row_ops` (the operator library's path)
     workers: int = 1
     options: Mapping[str, Any] = field(default_factory=dict)
     overwrite: bool = False
@@ -424,6 +425,7 @@ class _InProcess:
             verify=spec.verify,  # type: ignore[arg-type]  # likewise
             spinning=spec.spinning,
             session_cache=spec.session_cache,
+            row_ops=spec.row_ops,
         )
         self.on_batch = on_batch
 

@@ -46,6 +46,7 @@ def _worker(spec: Any, bundle_dir: str, threads: int, tasks: Any, results: Any, 
             verify=spec.verify,
             spinning=spec.spinning,
             session_cache=spec.session_cache,
+            row_ops=spec.row_ops,
         )
     except BaseException as e:
         results.put((-1, "error", _portable(e)))

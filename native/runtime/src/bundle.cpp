@@ -291,6 +291,8 @@ Manifest parse(const json& d) {
     gs.inputs = get_strings(g, "inputs", where);
     gs.outputs = get_strings(g, "outputs", where);
     if (data) gs.data = check_file_name(data->get<std::string>(), where + ".data");
+    if (const json* r = get(g, "row_ops", Kind::Str, where, Absent::NullOk))
+      gs.row_ops = check_file_name(r->get<std::string>(), where + ".row_ops");
     get(g, "fusion", Kind::Str, where, Absent::NullOk);  // read by quantize, checked here
     gs.cpu_disabled_optimizers = get_strings(g, "cpu_disabled_optimizers", where, true);
     m.graphs.emplace_back(it.key(), std::move(gs));
@@ -511,6 +513,7 @@ Bundle read_checked(const std::string& root, Verify verify) {
   for (const auto& [role, g] : m.graphs) {
     needed.push_back(g.file);
     if (g.data) needed.push_back(*g.data);
+    if (g.row_ops) needed.push_back(*g.row_ops);
   }
   for (const auto& name : needed) {
     bool listed = false;

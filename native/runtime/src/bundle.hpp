@@ -59,6 +59,8 @@ struct TruncationSpec {
 struct GraphSpec {
   std::string file;
   std::optional<std::string> data;
+  // The same graph rewritten with inbedder's row operators (row_ops.hpp), reading the same data.
+  std::optional<std::string> row_ops;
   std::vector<std::string> inputs;
   std::vector<std::string> outputs;
   std::vector<std::string> cpu_disabled_optimizers;

@@ -37,17 +37,12 @@ struct OptionInfo {
   bool is_string;
 };
 const OptionInfo kOptions[] = {
-    {"device", Kind::Open, true},
-    {"threads", Kind::Open, false},
-    {"verify", Kind::Open, false},
-    {"spinning", Kind::Open, false},
-    {"session_cache", Kind::Open, true},
-    {"batch_size", Kind::Encode, false},
-    {"truncation", Kind::Encode, true},
-    {"normalize", Kind::Encode, false},
-    {"answers", Kind::Encode, false},
-    {"decode_steps", Kind::Encode, false},
-    {"max_new_tokens", Kind::Encode, false},
+    {"device", Kind::Open, true},          {"threads", Kind::Open, false},
+    {"verify", Kind::Open, false},         {"spinning", Kind::Open, false},
+    {"session_cache", Kind::Open, true},   {"row_ops", Kind::Open, false},
+    {"batch_size", Kind::Encode, false},   {"truncation", Kind::Encode, true},
+    {"normalize", Kind::Encode, false},    {"answers", Kind::Encode, false},
+    {"decode_steps", Kind::Encode, false}, {"max_new_tokens", Kind::Encode, false},
     {"precision", Kind::Encode, true},
 };
 
@@ -115,6 +110,14 @@ long long get_int(const inbedder_options* o, const char* name, long long dflt) {
   if (!o) return dflt;
   auto it = o->values.find(name);
   return it == o->values.end() ? dflt : std::get<long long>(it->second);
+}
+
+// An int option that must be 0 or 1; `choices` says what each means (ValueError otherwise).
+bool get_flag(const inbedder_options* o, const char* name, bool dflt, const char* choices) {
+  const long long v = get_int(o, name, dflt ? 1 : 0);
+  if (v != 0 && v != 1)
+    throw ValueError(std::string(name) + " must be " + choices + ", got " + std::to_string(v));
+  return v == 1;
 }
 
 std::string get_str(const inbedder_options* o, const char* name, const char* dflt) {
@@ -260,18 +263,18 @@ inbedder_status inbedder_model_open(const char* bundle_dir, const inbedder_optio
           INBEDDER_ERR_INVALID_ARGUMENT,
           "threads must be 0 (the default) or a positive int, got " + std::to_string(threads));
     // The Python runtime's spinning=True / False (ThreadOptions), checked before anything is read.
-    long long spinning = get_int(options, "spinning", 0);
-    if (spinning != 0 && spinning != 1)
-      return fail(INBEDDER_ERR_INVALID_ARGUMENT,
-                  "spinning must be 0 (the default: idle pool threads sleep) or 1 (they "
-                  "busy-wait), got " +
-                      std::to_string(spinning));
+    const bool spinning =
+        get_flag(options, "spinning", false,
+                 "0 (the default: idle pool threads sleep) or 1 (they busy-wait)");
+    const bool row_ops = get_flag(options, "row_ops", true,
+                                  "1 (the default: a graph's row-ops form when the bundle has one) "
+                                  "or 0 (the stock graph)");
     std::string cache = get_str(options, "session_cache", "");
     if (!cache.empty()) cache = inbedder::cache_root(cache);
     auto m = std::make_unique<inbedder_model>();
     m->embedder = std::make_unique<inbedder::Embedder>(
         bundle_dir, get_str(options, "device", "cpu"),
-        inbedder::OpenSettings{{int(threads), spinning == 1}, cache}, verify_of(options));
+        inbedder::OpenSettings{{int(threads), spinning}, cache, row_ops}, verify_of(options));
     *out = m.release();
     return INBEDDER_OK;
   });

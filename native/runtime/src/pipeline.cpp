@@ -154,14 +154,17 @@ std::map<std::string, std::unique_ptr<Ort::Session>> Pipeline::open_sessions(
     const OpenSettings& open) const {
   std::map<std::string, std::unique_ptr<Ort::Session>> sessions;
   for (const auto& [role, g] : manifest_.graphs) {
-    const std::string path = pure_path(root_ + "/" + g.file);
+    // The row-ops form gives the same bits (row_ops.hpp); CPU only, as its kernels are.
+    const bool row_ops = g.row_ops && device_ == "cpu" && open.row_ops;
+    const std::string file = row_ops ? *g.row_ops : g.file;
+    const std::string path = pure_path(root_ + "/" + file);
     std::optional<CacheSlot> slot;
     if (!open.session_cache.empty()) {
-      std::vector<std::string> files = {g.file};
+      std::vector<std::string> files = {file};
       if (g.data) files.push_back(*g.data);
       slot.emplace(open.session_cache, manifest_, files, cache_settings(g));
     }
-    auto session = make_session(path, g, device_, open.threads, slot ? &*slot : nullptr);
+    auto session = make_session(path, g, device_, open.threads, slot ? &*slot : nullptr, row_ops);
     // The graph's own inputs and outputs against the manifest's (runtime/pipeline.py's words).
     Ort::AllocatorWithDefaultOptions alloc;
     nlohmann::ordered_json declared = nlohmann::ordered_json::array();

@@ -12,6 +12,8 @@
 #include <mutex>
 #include <thread>
 
+#include "row_ops.hpp"
+
 namespace inbedder {
 namespace {
 
@@ -65,8 +67,9 @@ std::string resolve_device(const std::string& device) {
 }
 
 Ort::SessionOptions session_options(const GraphSpec& spec, const std::string& device,
-                                    const ThreadOptions& threads) {
+                                    const ThreadOptions& threads, bool row_ops) {
   Ort::SessionOptions opts;
+  if (row_ops) add_row_ops(opts);
   opts.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
   opts.AddConfigEntry("session.use_device_allocator_for_initializers", "1");
   opts.SetIntraOpNumThreads(threads.threads > 0 ? threads.threads : available_cores());
@@ -101,12 +104,12 @@ nlohmann::json cache_settings(const GraphSpec& spec) {
 
 std::unique_ptr<Ort::Session> make_session(const std::string& path, const GraphSpec& spec,
                                            const std::string& device, const ThreadOptions& threads,
-                                           const CacheSlot* cache) {
+                                           const CacheSlot* cache, bool row_ops) {
   std::string staging;
   if (device == "cpu" && cache != nullptr) {
     if (auto cached = cache->lookup()) {
       try {
-        Ort::SessionOptions opts = session_options(spec, device, threads);
+        Ort::SessionOptions opts = session_options(spec, device, threads, row_ops);
         return std::make_unique<Ort::Session>(ort_env(), cached->c_str(), opts);
       } catch (const Ort::Exception&) {
         cache->discard();  // a saved graph this onnxruntime cannot open: rebuilt below
@@ -114,7 +117,7 @@ std::unique_ptr<Ort::Session> make_session(const std::string& path, const GraphS
     }
     staging = cache->staging();
   }
-  Ort::SessionOptions opts = session_options(spec, device, threads);
+  Ort::SessionOptions opts = session_options(spec, device, threads, row_ops);
   if (device == "cuda") {
     std::string why = append_cuda(opts);
     if (!why.empty())

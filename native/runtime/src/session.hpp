@@ -32,17 +32,19 @@ struct ThreadOptions {
   bool spinning = false;
 };
 
-// What every session of one open shares: the thread pool, and the session cache directory
-// ("" = none; runtime/session_cache.py: CPU sessions only).
+// What every session of one open shares: the thread pool, the session cache directory
+// ("" = none; runtime/session_cache.py: CPU sessions only), and whether CPU sessions run a
+// graph's row-ops form (graphs.<role>.row_ops, row_ops.hpp) when the bundle has one.
 struct OpenSettings {
   ThreadOptions threads;
   std::string session_cache;
+  bool row_ops = true;
 };
 
 // The options of a session for graph `spec` on the resolved device (without its provider), its
-// thread pool as `threads` says.
+// thread pool as `threads` says; with `row_ops`, inbedder's row operators registered.
 Ort::SessionOptions session_options(const GraphSpec& spec, const std::string& device,
-                                    const ThreadOptions& threads);
+                                    const ThreadOptions& threads, bool row_ops = false);
 
 // The settings of session_options that shape the graph onnxruntime optimizes, and the optimizers
 // `spec` disables: what a session-cache entry is keyed on besides the graph's files (the JSON of
@@ -51,9 +53,10 @@ nlohmann::json cache_settings(const GraphSpec& spec);
 
 // One session for graph file `path` on the resolved device, its thread pool as `threads` says;
 // on the CPU with a cache slot, opened from the slot's entry when usable, else from `path`,
-// saving the entry on the way (runtime/session.py's make_session).
+// saving the entry on the way (runtime/session.py's make_session). `row_ops`: `path` is the
+// graph's row-ops form (CPU only).
 std::unique_ptr<Ort::Session> make_session(const std::string& path, const GraphSpec& spec,
                                            const std::string& device, const ThreadOptions& threads,
-                                           const CacheSlot* cache = nullptr);
+                                           const CacheSlot* cache = nullptr, bool row_ops = false);
 
 }  // namespace inbedder

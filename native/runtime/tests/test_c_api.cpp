@@ -559,6 +559,32 @@ TEST(CApi, VerifyModesAndStamp) {
 
 // The "session_cache" open option: the first open writes one entry, the next opens it and gives
 // the same vectors bit for bit; a damaged entry is rebuilt; a path that is a file is refused.
+TEST(CApi, RowOps) {
+  // A per-token int8 bundle with its row-ops graph: the same vectors from both graphs (and the
+  // row operators' kernels under ASan/UBSan).
+  NEED_BUNDLE(path, "INBEDDER_TEST_ROW_OPS_BUNDLE");
+  auto embed = [&](long row_ops) {
+    inbedder_options* o = nullptr;
+    EXPECT_EQ(inbedder_options_create(&o), INBEDDER_OK);
+    EXPECT_EQ(inbedder_options_set_int(o, "row_ops", row_ops), INBEDDER_OK);
+    Model m(path, o);
+    inbedder_options_destroy(o);
+    return embed_first(m, 3);
+  };
+  const std::vector<float> stock = embed(0);
+  EXPECT_EQ(embed(1), stock);
+  inbedder_options* o = nullptr;
+  ASSERT_EQ(inbedder_options_create(&o), INBEDDER_OK);
+  EXPECT_EQ(inbedder_options_set_int(o, "row_ops", -1), INBEDDER_OK);  // checked at open
+  inbedder_model* m = nullptr;
+  EXPECT_EQ(inbedder_model_open(path.c_str(), o, &m), INBEDDER_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(m, nullptr);
+  EXPECT_EQ(last(),
+            "row_ops must be 1 (the default: a graph's row-ops form when the bundle has one) or 0 "
+            "(the stock graph), got -1");
+  inbedder_options_destroy(o);
+}
+
 TEST(CApi, SessionCache) {
   NEED_BUNDLE(path, "INBEDDER_TEST_BUNDLE");
   fs::path cache = fs::temp_directory_path() / ("inbedder-cache-" + std::to_string(::getpid()));

@@ -27,6 +27,7 @@ const char* kUsage =
     "                      [--format {auto,lines,jsonl}] [--batch-size N] [--normalize]\n"
     "                      [--truncation {input,reference}] [--device {cpu,cuda,auto}]\n"
     "                      [--verify {stamp,full,none}] [--session-cache DIR]\n"
+    "                      [--no-row-ops]\n"
     "                      [--precision {float32,float16,int8,uint8,binary,ubinary}]\n"
     "                      [--threads N] [--spinning | --no-spinning] [--decode-steps K]\n"
     "                      [--max-new-tokens N] [-q] [input]\n";
@@ -39,6 +40,7 @@ struct Args {
   std::optional<long long> threads, decode_steps, max_new_tokens;
   bool normalize = false, quiet = false, overwrite = false;
   bool spinning = false;  // idle onnxruntime threads busy-wait (inbedder embed --spinning)
+  bool row_ops = true;    // a graph's row-ops form when the bundle has one (open option row_ops)
 };
 
 [[noreturn]] void usage_error(const std::string& msg) {
@@ -119,6 +121,9 @@ Args parse(int argc, char** argv) {
       a.threads = to_int(arg, next());
     } else if (arg == "--session-cache") {
       a.session_cache = next();
+    } else if (arg == "--no-row-ops") {
+      no_value("--no-row-ops");
+      a.row_ops = false;
     } else if (arg == "--spinning" || arg == "--no-spinning") {
       no_value("--spinning/--no-spinning");
       a.spinning = arg == "--spinning";  // the last one given wins, as argparse's
@@ -343,6 +348,7 @@ int main(int argc, char** argv) {
   if (a.threads)
     check(inbedder_options_set_int(open_opts, "threads", static_cast<long>(*a.threads)));
   check(inbedder_options_set_int(open_opts, "spinning", a.spinning ? 1 : 0));
+  check(inbedder_options_set_int(open_opts, "row_ops", a.row_ops ? 1 : 0));
   if (a.session_cache)
     check(inbedder_options_set_string(open_opts, "session_cache", a.session_cache->c_str()));
   inbedder_model* model = nullptr;

@@ -91,6 +91,10 @@ INBEDDER_API const char* inbedder_last_error(void);
  *           work; created when missing; CPU sessions only; about twice the graph's size on
  *           disk; the same entries as the Python runtime's session_cache=, README "Session
  *           cache"; "" or unset: no cache),
+ *           "row_ops" (int 1 (default) / 0: on the CPU, run a graph's row-ops form when the
+ *           bundle has one (graphs.<role>.row_ops: the same graph with inbedder's fused
+ *           per-token int8 operators, bit-identical outputs, faster) or always the stock graph;
+ *           any other value is INBEDDER_ERR_INVALID_ARGUMENT),
  *           "verify" (how file checksums are checked at open: string "stamp" (default) |
  *           "full" | "none", or int 1 = "stamp" / 0 = "none"; "stamp" hashes every file except
  *           one whose entry in the bundle's verified-stamp .inbedder-verified still matches,
