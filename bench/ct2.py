@@ -11,6 +11,10 @@ repeat) in a fresh process, systems alternating within each repeat, best of `--r
                   and the mean over the answer slots in numpy (no LM head: less work than ours)
   ct2-fp32        the same converted without quantization
   inbedder-int8-spin   inbedder-int8 with `spinning=True` (the thread-pool option, item 2)
+  inbedder-int8-rowops inbedder-int8 running the bundle's row-ops graph (`row_ops=LIB`: the
+                  per-token passes fused, bit-identical; `--row-ops LIB`, default the native
+                  build's build/pytest/native/runtime/libinbedder_row_ops.so; `--setup` writes
+                  that graph when the library is there)
 
 Points: batch 1 latency (p50 and p95 ms per text over `--calls` single-text calls) at T = 32,
 128, 512 (not 16: the prompt around an empty text is already 25 tokens), and throughput (texts/s =
@@ -50,13 +54,22 @@ sys.path.insert(0, str(HERE))
 
 from bench import INSTRUCTION, _cpu, peak_rss_mb, texts_of  # noqa: E402  (after the path insert)
 
-SYSTEMS = ("inbedder-int8", "ct2-int8", "inbedder-fp32", "ct2-fp32", "inbedder-int8-spin")
+SYSTEMS = (
+    "inbedder-int8",
+    "ct2-int8",
+    "inbedder-fp32",
+    "ct2-fp32",
+    "inbedder-int8-spin",
+    "inbedder-int8-rowops",
+)
+ROW_OPS = HERE.parent / "build" / "pytest" / "native" / "runtime" / "libinbedder_row_ops.so"
+ROW_OPS_ENV = "INBEDDER_BENCH_ROW_OPS"  # how main tells its workers the library
 THREADS = 2
 SLOTS = 3  # the masked-answer prompt's answer slots (the pooled positions)
 
 
 # -- setup ---------------------------------------------------------------------------------------
-def setup(work: Path, ct2_python: str | None) -> str:
+def setup(work: Path, ct2_python: str | None, row_ops: Path | None = None) -> str:
     """Build the model and bundles, the CTranslate2 venv (unless given) and its conversions."""
     from models import roberta_large_shaped
 
@@ -68,7 +81,8 @@ def setup(work: Path, ct2_python: str | None) -> str:
     if not (work / "fp32" / "inbedder.json").exists():
         export_bundle(str(ckpt), work / "fp32", overwrite=True)
     if not (work / "int8" / "inbedder.json").exists():
-        quantize_bundle(work / "fp32", work / "int8", overwrite=True)
+        lib = row_ops if row_ops is not None and row_ops.is_file() else None
+        quantize_bundle(work / "fp32", work / "int8", overwrite=True, row_ops=lib)
     if ct2_python is None:
         venv = work / "ct2-venv"
         if not (venv / "bin" / "ct2-transformers-converter").exists():
@@ -121,7 +135,8 @@ def worker(system: str, work: Path, batch: int, tokens: int, runs: int, calls: i
         from inbedder import Embedder
 
         bundle = work / system.split("-")[1]
-        emb = Embedder(bundle, threads=THREADS, spinning=system.endswith("-spin"))
+        lib = os.environ[ROW_OPS_ENV] if system.endswith("-rowops") else None
+        emb = Embedder(bundle, threads=THREADS, spinning=system.endswith("-spin"), row_ops=lib)
         load = time.perf_counter() - t0
 
         def step(chunk: list[int]) -> None:
@@ -239,6 +254,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="fresh processes per point (best is kept)")
     ap.add_argument("--runs", type=int, default=3, help="timed calls per throughput process")
     ap.add_argument("--calls", type=int, default=20, help="timed single-text calls per latency process")
+    ap.add_argument(
+        "--row-ops", type=Path, default=ROW_OPS, help="libinbedder_row_ops.so (inbedder-int8-rowops)"
+    )
     ap.add_argument("--out", default="ct2-results.json")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
@@ -250,7 +268,8 @@ def main() -> None:
         return
     ct2_python = args.ct2_python or str(args.work / "ct2-venv" / "bin" / "python")
     if args.setup:
-        ct2_python = setup(args.work, args.ct2_python)
+        ct2_python = setup(args.work, args.ct2_python, args.row_ops)
+    os.environ[ROW_OPS_ENV] = str(args.row_ops)
     write_prompt_helper(args.work)
     systems = [s for s in args.systems.split(",") if s]
     unknown = set(systems) - set(SYSTEMS)
