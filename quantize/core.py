@@ -325,15 +325,15 @@ def quantize_bundle(
         figures = GateFigures(calibration=cal, heldout=held, bound=min_cosine)
         record = dict(staged.options["quantization"])
         record["selection_bound"] = select_bound
-        if lib is not None:
-            graphs, record["row_ops"] = add_row_ops(work / name, staged, lib, [*cal_pairs, *held_pairs])
-            staged = dataclasses.replace(staged, graphs=graphs)
         if not figures.passed:
             attempts = record.get("attempts")
             raise QuantizationRefused(
                 f"{precision} bundle refused: {figures.summary()}; worst held-out text {held.worst_text!r}"
                 + (f"; attempts: {attempts}" if attempts else "")
             )
+        if lib is not None:  # only for a bundle the gate accepted
+            graphs, record["row_ops"] = add_row_ops(work / name, staged, lib, [*cal_pairs, *held_pairs])
+            staged = dataclasses.replace(staged, graphs=graphs)
         final = dataclasses.replace(
             staged,
             options={**staged.options, "quantization": record},

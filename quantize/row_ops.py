@@ -173,8 +173,7 @@ def add_row_ops(
     it against the stock graph: every graph pass the runtime makes on `pairs` (a decode's included)
     must give bit-identical outputs with `library` (libinbedder_row_ops.so) registered, else
     `QuantizationRefused`. Returns the graphs with their `row_ops` set and the manifest's record."""
-    stock = Embedder(stage_dir, verify=False)
-    feeds = stock.pipeline.graph_feeds(pairs)
+    calls = Embedder(stage_dir, verify=False).pipeline.graph_calls(pairs)  # the stock graphs' outputs
     graphs = dict(manifest.graphs)
     record: dict[str, Any] = {"library": library.name, "graphs": {}}
     for role, g in manifest.graphs.items():
@@ -183,9 +182,8 @@ def add_row_ops(
         if not any(counts.values()):
             continue
         rows = make_session(stage_dir / name, "cpu", None, g.cpu_disabled_optimizers, None, library)
-        passes = feeds.get(role, [])
-        for k, feed in enumerate(passes):
-            want = stock.pipeline.sessions[role].run(list(g.outputs), feed)
+        passes = calls.get(role, [])
+        for k, (feed, want) in enumerate(passes):
             got = rows.run(list(g.outputs), feed)
             for out, w, x in zip(g.outputs, want, got, strict=True):
                 same = w.dtype == x.dtype and w.shape == x.shape and np.array_equal(w, x, equal_nan=True)

@@ -127,7 +127,7 @@ class GraphSpec:
     @property
     def files(self) -> tuple[str, ...]:
         """The bundle files this graph is made of: the graph, then its weights file if any."""
-        return (self.file, self.data) if self.data else (self.file,)
+        return self.files_of(self.file)
 
     def files_of(self, graph: str) -> tuple[str, ...]:
         """The bundle files a session of `graph` (`file` or `row_ops`) reads."""

@@ -29,6 +29,8 @@ from .prompt import Encoded, PromptTokenizer, pad_batch
 from .session import ThreadOptions, cache_settings, make_session
 from .session_cache import CacheSlot
 
+# One graph call recorded by `graph_calls`: its feed and its outputs.
+GraphCall = tuple[dict[str, np.ndarray], list[np.ndarray]]
 _REGISTRY: dict[str, type[Pipeline]] = {}
 
 
@@ -138,6 +140,7 @@ class Pipeline:
                 f"prompt's {fixed} fixed tokens (template, answer slots, special tokens)"
             )
         self.sessions = {}
+        self.graph_files: dict[str, str] = {}  # role -> the bundle file its session runs
         for role, g in manifest.graphs.items():
             # A graph's row-ops form gives the same bits (quantize/row_ops.py); CPU only, and only
             # with the operator library to run it.
@@ -161,8 +164,9 @@ class Pipeline:
                     f"{path}: the graph has no outputs {sorted(missing)} (graphs.{role}.outputs)"
                 )
             self.sessions[role] = session
+            self.graph_files[role] = graph
         self.pad_id = int(manifest.special_tokens.get("pad", 0))
-        self._recording: dict[str, list[dict[str, np.ndarray]]] | None = None
+        self._recording: dict[str, list[GraphCall]] | None = None
 
     @classmethod
     def check_manifest(cls, manifest: Manifest, tokenizer: Tokenizer, origin: str) -> None:
@@ -263,15 +267,15 @@ class Pipeline:
     def run(self, role: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = self.manifest.graphs[role]
         feed = self.feed(role, arrays)
-        if self._recording is not None:
-            self._recording.setdefault(role, []).append(feed)
         try:
             outs = self.sessions[role].run(list(spec.outputs), feed)
         except Exception as e:  # onnxruntime's own kinds: a graph that loads but cannot run
             raise BundleError(
-                f"graph {spec.file!r} ({role}) failed in onnxruntime ({_first_line(e)}); the bundle may "
-                "be damaged"
+                f"graph {self.graph_files[role]!r} ({role}) failed in onnxruntime ({_first_line(e)}); the "
+                "bundle may be damaged"
             ) from None
+        if self._recording is not None:
+            self._recording.setdefault(role, []).append((feed, outs))
         return dict(zip(spec.outputs, outs, strict=True))
 
     def pad(self, batch: Sequence[Encoded]) -> dict[str, np.ndarray]:
@@ -298,6 +302,12 @@ class Pipeline:
         """Per graph role, the inputs of every call the graph gets while each (text, instruction)
         pair is embedded alone: what quantize measures sensitivity and fp16 overflow on, for any
         family (a decoder's prompt pass and its cached steps alike)."""
+        return {
+            role: [feed for feed, _ in calls] for role, calls in self.graph_calls(pairs, **options).items()
+        }
+
+    def graph_calls(self, pairs: Sequence[tuple[str, str]], **options: Any) -> dict[str, list[GraphCall]]:
+        """`graph_feeds` with each call's outputs (in `graphs.<role>.outputs` order)."""
         resolved = self.resolve_options(options)
         self._recording = {}
         try:
