@@ -15,6 +15,8 @@ repeat) in a fresh process, systems alternating within each repeat, best of `--r
                   per-token passes fused, bit-identical; `--row-ops LIB`, default the native
                   build's build/pytest/native/runtime/libinbedder_row_ops.so; `--setup` writes
                   that graph when the library is there)
+  inbedder-native-int8 the native runtime (libinbedder's C API through ctypes, the build beside
+                  that library) on the int8 bundle: its row-ops graph when the bundle has one
 
 Points: batch 1 latency (p50 and p95 ms per text over `--calls` single-text calls) at T = 32,
 128, 512 (not 16: the prompt around an empty text is already 25 tokens), and throughput (texts/s =
@@ -61,6 +63,7 @@ SYSTEMS = (
     "ct2-fp32",
     "inbedder-int8-spin",
     "inbedder-int8-rowops",
+    "inbedder-native-int8",
 )
 ROW_OPS = HERE.parent / "build" / "pytest" / "native" / "runtime" / "libinbedder_row_ops.so"
 ROW_OPS_ENV = "INBEDDER_BENCH_ROW_OPS"  # how main tells its workers the library
@@ -126,15 +129,35 @@ def _prompts(work: Path, tokens: int, n: int) -> tuple[list[str], list[list[int]
     return d["texts"], d["ids"]
 
 
+def precision_of(system: str) -> str:
+    """inbedder-native-int8 -> int8, ct2-fp32 -> fp32: the bundle (or converted model) it runs."""
+    return next(part for part in system.split("-") if part in ("int8", "fp32"))
+
+
 def worker(system: str, work: Path, batch: int, tokens: int, runs: int, calls: int) -> dict:
     import numpy as np
 
     texts, ids = _prompts(work, tokens, max(batch, calls if batch == 1 else batch))
     t0 = time.perf_counter()
-    if system.startswith("inbedder"):
+    if system.startswith("inbedder-native"):
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        from native import CApi  # tests/native.py: libinbedder's C API through ctypes
+
+        api = CApi(Path(os.environ[ROW_OPS_ENV]).parents[2])  # BUILD/native/runtime/lib...so
+        model = api.open(work / precision_of(system), threads=THREADS)
+        load = time.perf_counter() - t0
+
+        def step(chunk: list[int]) -> None:
+            status, msg, result = api.encode(
+                model, [texts[i] for i in chunk], [INSTRUCTION], batch_size=batch
+            )
+            if status != "INBEDDER_OK":
+                raise RuntimeError(f"{status}: {msg}")
+            api.free(result)
+    elif system.startswith("inbedder"):
         from inbedder import Embedder
 
-        bundle = work / system.split("-")[1]
+        bundle = work / precision_of(system)
         lib = os.environ[ROW_OPS_ENV] if system.endswith("-rowops") else None
         emb = Embedder(bundle, threads=THREADS, spinning=system.endswith("-spin"), row_ops=lib)
         load = time.perf_counter() - t0
@@ -145,7 +168,7 @@ def worker(system: str, work: Path, batch: int, tokens: int, runs: int, calls: i
         import ctranslate2
         from tokenizers import Tokenizer
 
-        precision = system.split("-")[1]
+        precision = precision_of(system)
         compute = {"int8": "int8", "fp32": "float32"}[precision]
         enc = ctranslate2.Encoder(
             str(work / f"ct2-{precision}"), device="cpu", compute_type=compute, intra_threads=THREADS
@@ -332,7 +355,7 @@ def print_table(results: list[dict], systems: list[str]) -> None:
         )
         ratio = ""
         if system.startswith("inbedder"):
-            peer = by.get(("ct2-" + system.split("-")[1], batch, tokens, load))
+            peer = by.get(("ct2-" + precision_of(system), batch, tokens, load))
             if peer:
                 x = peer["p50_ms"] / r["p50_ms"] if batch == 1 else r["texts_per_s"] / peer["texts_per_s"]
                 ratio = f"  ours/ct2 {x:.2f}x"

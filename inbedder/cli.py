@@ -120,14 +120,21 @@ def _print_gate(out: str, m: Manifest) -> None:
         rows = "\nrow-ops graphs: " + (
             ", ".join(
                 f"{g['file']} ({role}; {g['ops']['RowQuantize']} RowQuantize, {g['ops']['RowScale']} "
-                f"RowScale; bit-identical on {g['bit_identical_passes']} passes)"
+                f"RowScale, {g['ops'].get('attention', 0)} writing attention's Q, K, V; bit-identical "
+                f"on {g['bit_identical_passes']} passes)"
                 for role, g in done.items()
             )
             or "none (no per-token row quantization to fuse)"
         )
+    asked = "".join(
+        f"\nanswers on request: {g['nodes']} nodes of {role} behind {q['on_request']['input']} "
+        f"(bit-identical on {g['bit_identical_passes']} passes)"
+        for role, g in q.get("on_request", {}).get("graphs", {}).items()
+    )
     print(
         f"wrote {out}: {m.precision} bundle; fidelity vs fp32 (bound {v['bound']} on held-out min):\n"
-        f"  {part('held-out', v['heldout'])}\n  {part('calibration', v['calibration'])}{rr}{accepted}{rows}"
+        f"  {part('held-out', v['heldout'])}\n  {part('calibration', v['calibration'])}{rr}{accepted}"
+        f"{asked}{rows}"
     )
 
 

@@ -1,12 +1,13 @@
 """How a bundle stores an ONNX graph: the structure in `<graph>.onnx`, the weights in one
 `<graph>.onnx.data` beside it, every large tensor at an offset aligned for memory mapping.
 
-Scope: writing a `ModelProto` in that layout (export and quantize both save through here) and the
-name of the data file. Why this layout: onnxruntime memory-maps external initializers whose offsets
-are aligned (CPU sessions), instead of parsing them out of a protobuf and copying them, so a
-session holds about one copy of the weights (peak RSS) and opens several times faster; and
-protobuf cannot hold a graph past 2 GiB at all. Needs `onnx` (export or quantize extra), never at
-runtime: onnxruntime reads the pair itself.
+Scope: writing a `ModelProto` in that layout (export and quantize both save through here), the name
+of the data file, and which tensors a node reads (its subgraphs' outer reads included). Why this
+layout: onnxruntime memory-maps external initializers whose offsets are aligned (CPU sessions),
+instead of parsing them out of a protobuf and copying them, so a session holds about one copy of
+the weights (peak RSS) and opens several times faster; and protobuf cannot hold a graph past 2 GiB
+at all. Needs `onnx` (export or quantize extra), never at runtime: onnxruntime reads the pair
+itself.
 """
 
 from __future__ import annotations
@@ -172,3 +173,18 @@ def _tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
 
     visit(model.graph)
     return out
+
+
+def reads(node: onnx.NodeProto) -> set[str]:
+    """The tensors `node` reads, those its subgraphs (an If's branches) read from outside included."""
+    names = {i for i in node.input if i}
+    for a in node.attribute:
+        for g in [a.g] if a.HasField("g") else list(a.graphs):
+            inner = {o for n in g.node for o in n.output} | {t.name for t in g.initializer}
+            names |= set().union(*(reads(n) for n in g.node)) - inner
+    return names
+
+
+def used_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor a node of `graph` reads (`reads`)."""
+    return set().union(*(reads(n) for n in graph.node))

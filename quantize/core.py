@@ -39,6 +39,7 @@ from .gate import (
 )
 from .int4 import ACCURACY_LEVEL, BLOCK_SIZE, SYMMETRIC, quantize_int4, simulate_activations, simulate_weights
 from .isa import cpu_features
+from .on_request import add_on_request
 from .pertoken import quantize_int8_invariant
 from .row_ops import add_row_ops
 from .sensitivity import rank_end_to_end, rank_matmuls
@@ -238,6 +239,11 @@ def quantize_bundle(
     `precision="int4"` searches `int4` (default `INT4`: `int4_method()`) the same way, its fallback
     keeping the most sensitive MatMuls at per-token int8.
 
+    Every graph of the accepted bundle whose family names outputs only answers need
+    (`Pipeline.on_request`: a masked LM's LM head) gets those nodes behind an If on the input
+    `want_answers` (quantize/on_request.py), checked bit-identical on the same passes; a call that
+    wants only vectors then skips them.
+
     `row_ops` (per-token int8 only): the path of inbedder's operator library
     (libinbedder_row_ops.so, built with the native runtime). The accepted bundle then also gets
     each graph's row-ops form (quantize/row_ops.py: the per-token passes fused, the same weights
@@ -331,8 +337,14 @@ def quantize_bundle(
                 f"{precision} bundle refused: {figures.summary()}; worst held-out text {held.worst_text!r}"
                 + (f"; attempts: {attempts}" if attempts else "")
             )
-        if lib is not None:  # only for a bundle the gate accepted
-            graphs, record["row_ops"] = add_row_ops(work / name, staged, lib, [*cal_pairs, *held_pairs])
+        # Only for a bundle the gate accepted: both keep its outputs bit for bit.
+        pairs = [*cal_pairs, *held_pairs]
+        graphs, gated, calls = add_on_request(work / name, staged, pairs)
+        if gated["graphs"]:
+            record["on_request"] = gated
+            staged = dataclasses.replace(staged, graphs=graphs)
+        if lib is not None:
+            graphs, record["row_ops"] = add_row_ops(work / name, staged, lib, pairs, calls or None)
             staged = dataclasses.replace(staged, graphs=graphs)
         final = dataclasses.replace(
             staged,

@@ -11,7 +11,10 @@ outputs are bit-identical to the stock graph's:
 - `RowQuantize(x) -> (xq, scale)` replaces each six-node chain;
 - `RowScale(z, s[, bias[, residual]])`: every MatMulIntegerToFloat with a per-row A scale gets
   A scale 1, and one node after it computes `((z * s) + bias) + residual`, taking the bias Add
-  and the residual Add when each is the only consumer.
+  and the residual Add when each is the only consumer. After an attention's packed projection it
+  takes the Split too (attribute `widths`: one output each) and the MultiHeadAttention's bias,
+  and writes K and V as (B, N, S, H) (attribute `heads`), so that MultiHeadAttention adds no bias
+  and copies neither to its own layout; its core runs on the same values.
 
 The row-ops graph is structure only (~0.2 MB): its weights are the stock graph's data file, at
 the same offsets. `quantize_bundle(..., row_ops=LIB)` writes it beside the stock graph
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +35,14 @@ import onnx
 from onnx import helper, numpy_helper
 
 from inbedder.errors import QuantizationRefused
+from inbedder.onnxfile import reads, used_names
 from inbedder.runtime import Embedder
 from inbedder.runtime.bundle import GraphSpec, Manifest
+from inbedder.runtime.pipeline import GraphCall
 from inbedder.runtime.session import make_session
 
 DOMAIN = "inbedder.row_ops"
+MS_DOMAIN = "com.microsoft"
 DOMAIN_VERSION = 1
 # pertoken's `<x>.rowq/<step>` node suffixes: the plain chain and the one after the GELU shift
 STOCK = frozenset({"abs", "amax", "scale", "floor", "inv", "norm", "q"})
@@ -80,7 +86,7 @@ def fuse_scale(model: onnx.ModelProto) -> int:
     inits = {t.name: t for t in model.graph.initializer}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
-        for i in n.input:
+        for i in reads(n):  # an If reading a tensor in a branch consumes it too
             consumers.setdefault(i, []).append(n)
     outputs = {o.name for o in model.graph.output}
 
@@ -91,6 +97,7 @@ def fuse_scale(model: onnx.ModelProto) -> int:
         return users[0]
 
     absorbed: set[str] = set()
+    reshaped: set[str] = set()  # tensors RowScale now writes in another shape
     after: dict[str, onnx.NodeProto] = {}  # node name -> the RowScale to insert after it
     for n in model.graph.node:
         if n.op_type != "MatMulIntegerToFloat" or n.input[2] in inits:
@@ -111,11 +118,24 @@ def fuse_scale(model: onnx.ModelProto) -> int:
                     inputs.append(other)
                     result, last = res_add.output[0], res_add
                     absorbed.add(res_add.name)
+        results, attrs = [result], {}
+        split = _split_of(result, consumers, inits, outputs) if len(inputs) == 2 else None
+        if split is not None:  # RowScale writes the Split's outputs itself
+            results, attrs["widths"] = list(split.output), _split_sizes(split, inits)
+            last = split
+            absorbed.add(split.name)
+            mha = _attention_of(split, consumers, inits, attrs["widths"])
+            if mha is not None:  # and adds the attention's bias, K and V in its (B, N, S, H) layout
+                inputs.append(mha.input[3])
+                mha.input[3] = ""
+                heads = next(a.i for a in mha.attribute if a.name == "num_heads")
+                attrs["heads"] = [0, heads, heads]
+                reshaped.update(split.output[1:])
         n.input[2] = ONE
         n.output[0] = raw
-        after[last.name] = helper.make_node(
-            "RowScale", inputs, [result], name=f"{n.name}/row_scale", domain=DOMAIN
-        )
+        node = helper.make_node("RowScale", inputs, results, name=f"{n.name}/row_scale", domain=DOMAIN)
+        node.attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items())
+        after[last.name] = node
     if after:
         model.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), ONE))
     out: list[onnx.NodeProto] = []
@@ -125,7 +145,61 @@ def fuse_scale(model: onnx.ModelProto) -> int:
         if n.name in after:
             out.append(after[n.name])
     _replace_nodes(model, out)
+    kept = [v for v in model.graph.value_info if v.name not in reshaped]  # stale shapes go
+    model.graph.ClearField("value_info")
+    model.graph.value_info.extend(kept)
     return len(after)
+
+
+def _split_sizes(split: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> list[int]:
+    sizes = split.input[1] if len(split.input) > 1 else ""
+    if sizes:
+        return [int(v) for v in numpy_helper.to_array(inits[sizes])]
+    return [int(v) for a in split.attribute if a.name == "split" for v in a.ints]
+
+
+def _split_of(
+    tensor: str,
+    consumers: dict[str, list[onnx.NodeProto]],
+    inits: dict[str, onnx.TensorProto],
+    outputs: set[str],
+) -> onnx.NodeProto | None:
+    """The Split along axis -1, with constant sizes, that alone reads `tensor`, or None."""
+    users = consumers.get(tensor, [])
+    if tensor in outputs or len(users) != 1 or users[0].op_type != "Split" or users[0].domain:
+        return None
+    split = users[0]
+    axis = next((a.i for a in split.attribute if a.name == "axis"), 0)
+    sizes = split.input[1] if len(split.input) > 1 else ""
+    if axis != -1 or (sizes and sizes not in inits):
+        return None
+    widths = _split_sizes(split, inits)
+    if len(widths) != len(split.output) or any(w <= 0 for w in widths):
+        return None
+    return split
+
+
+def _attention_of(
+    split: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]], inits, widths: list[int]
+) -> onnx.NodeProto | None:
+    """The MultiHeadAttention that alone reads `split`'s three outputs as its query, key and
+    value, with a constant bias of their widths and no past, or None."""
+    mhas = {id(n): n for o in split.output for n in consumers.get(o, [])}
+    if len(split.output) != 3 or len(mhas) != 1:
+        return None
+    mha = next(iter(mhas.values()))
+    inputs = list(mha.input) + [""] * (6 - len(mha.input))
+    if (mha.op_type, mha.domain) != ("MultiHeadAttention", MS_DOMAIN) or inputs[:3] != list(split.output):
+        return None
+    if any(len(consumers.get(o, [])) != 1 for o in split.output) or any(inputs[6:]):
+        return None
+    bias = inits.get(inputs[3])
+    heads = next((a.i for a in mha.attribute if a.name == "num_heads"), 0)
+    if bias is None or list(bias.dims) != [sum(widths)] or heads <= 0:
+        return None
+    if widths[1] % heads or widths[2] % heads or len(mha.output) != 1:
+        return None
+    return mha
 
 
 def _replace_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> None:
@@ -133,18 +207,21 @@ def _replace_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> None:
     model.graph.node.extend(nodes)
     if any(n.domain == DOMAIN for n in nodes) and not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
-    used = {i for n in model.graph.node for i in n.input}
+    used = used_names(model.graph)  # an If's branches read the outer graph's weights too
     keep = [t for t in model.graph.initializer if t.name in used]  # replaced constants go
     model.graph.ClearField("initializer")
     model.graph.initializer.extend(keep)
 
 
 def rewrite(model: onnx.ModelProto) -> dict[str, int]:
-    """Both rewrites, in place; the number of each row operator now in `model`."""
+    """Both rewrites, in place; the number of each row operator now in `model`, and of the
+    RowScale nodes that write an attention's Q, K and V (`attention`)."""
     fuse_quantization(model)
     fuse_scale(model)
     ops = Counter(n.op_type for n in model.graph.node if n.domain == DOMAIN)
-    return {"RowQuantize": ops["RowQuantize"], "RowScale": ops["RowScale"]}
+    scales = [n for n in model.graph.node if n.op_type == "RowScale"]
+    qkv = sum(any(a.name == "heads" for a in n.attribute) for n in scales)
+    return {"RowQuantize": ops["RowQuantize"], "RowScale": ops["RowScale"], "attention": qkv}
 
 
 def row_ops_name(graph_file: str) -> str:
@@ -167,13 +244,19 @@ def write_row_ops_graph(graph: Path, out: Path) -> dict[str, int]:
 
 
 def add_row_ops(
-    stage_dir: Path, manifest: Manifest, library: Path, pairs: Sequence[tuple[str, str]]
+    stage_dir: Path,
+    manifest: Manifest,
+    library: Path,
+    pairs: Sequence[tuple[str, str]],
+    calls: Mapping[str, list[GraphCall]] | None = None,
 ) -> tuple[dict[str, GraphSpec], dict[str, Any]]:
     """Write the row-ops form of each graph of the staged bundle `stage_dir` that has one, and check
     it against the stock graph: every graph pass the runtime makes on `pairs` (a decode's included)
     must give bit-identical outputs with `library` (libinbedder_row_ops.so) registered, else
-    `QuantizationRefused`. Returns the graphs with their `row_ops` set and the manifest's record."""
-    calls = Embedder(stage_dir, verify=False).pipeline.graph_calls(pairs)  # the stock graphs' outputs
+    `QuantizationRefused`. `calls`: those passes with the stock graphs' outputs when the caller has
+    them (else they are run). Returns the graphs with their `row_ops` set and the manifest's record."""
+    if calls is None:
+        calls = Embedder(stage_dir, verify=False).pipeline.graph_calls(pairs)  # the stock graphs' outputs
     graphs = dict(manifest.graphs)
     record: dict[str, Any] = {"library": library.name, "graphs": {}}
     for role, g in manifest.graphs.items():

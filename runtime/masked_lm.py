@@ -10,6 +10,10 @@ Iterative unmasking (`decode_steps` = k passes, default 1 = the reference): afte
 first k - 1 passes, every text fills its single most confident unfilled slot with that slot's
 argmax token; the final pass gives the embedding (at the same slot positions) and the answer
 (filled tokens, plus the final argmax at slots still open). k ranges over 1..S+1.
+
+A graph that declares the input `want_answers` (quantized bundles: quantize/on_request.py) runs
+its LM head's projection only on passes that need the answers: every pass before the last, and
+the last when the call asks for answers.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from tokenizers import Tokenizer
 from inbedder.errors import BundleError
 
 from .bundle import MAX_ANSWER_SLOTS, Manifest
-from .pipeline import Pipeline, positive_int
+from .pipeline import WANT_ANSWERS, Pipeline, positive_int
 from .prompt import Encoded
 
 
@@ -34,6 +38,7 @@ class MaskedAnswerPipeline(Pipeline):
     graphs: ClassVar[Mapping[str, tuple[str, ...]]] = {
         "encoder": ("slot_states", "answer_ids", "answer_logprobs")
     }
+    on_request: ClassVar[Mapping[str, tuple[str, ...]]] = {"encoder": ("answer_ids", "answer_logprobs")}
 
     @classmethod
     def check_manifest(cls, manifest: Manifest, tokenizer: Tokenizer, origin: str) -> None:
@@ -58,6 +63,7 @@ class MaskedAnswerPipeline(Pipeline):
         rows = np.arange(b)
         filled = np.zeros((b, s), dtype=bool)
         chosen = np.zeros((b, s), dtype=np.int64)  # token written into each filled slot
+        arrays[WANT_ANSWERS] = np.ones(1, np.int64)  # passes before the last choose by the answers
         for _ in range(steps - 1):
             out = self.run("encoder", arrays)
             conf = np.where(filled, -np.inf, out["answer_logprobs"])  # (B, S): open slots only
@@ -67,6 +73,7 @@ class MaskedAnswerPipeline(Pipeline):
             filled[rows, pick] = True
             arrays["input_ids"] = arrays["input_ids"].copy()
             arrays["input_ids"][rows, slots[rows, pick]] = token
+        arrays[WANT_ANSWERS] = np.array([int(want_answers)], np.int64)  # the LM head only if asked
         out = self.run("encoder", arrays)
         states = out["slot_states"].astype(np.float32, copy=False)  # (B, S, H)
         emb = states.mean(axis=1)  # (B, H): the answer's representation

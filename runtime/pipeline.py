@@ -31,6 +31,10 @@ from .session_cache import CacheSlot
 
 # One graph call recorded by `graph_calls`: its feed and its outputs.
 GraphCall = tuple[dict[str, np.ndarray], list[np.ndarray]]
+# The graph input (int64, shape (1,)) of a graph whose on-request outputs (`Pipeline.on_request`)
+# sit behind an If (quantize/on_request.py): 1 computes them, 0 leaves them empty. Fed only to a
+# graph that declares it.
+WANT_ANSWERS = "want_answers"
 _REGISTRY: dict[str, type[Pipeline]] = {}
 
 
@@ -112,6 +116,9 @@ class Pipeline:
     # role the outputs the pipeline reads.
     recipes: ClassVar[tuple[str, ...]] = ()
     graphs: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    # Per graph role, the outputs only a call that wants answers reads: quantize puts the nodes
+    # only they need behind the graph input WANT_ANSWERS, which `embed_batch` sets per pass.
+    on_request: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     def __init__(
         self,

@@ -9,6 +9,28 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 
+def all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes of `graph` and of its subgraphs: a quantized masked-LM graph keeps the nodes only
+    its answers need in an If's branch (quantize/on_request.py)."""
+    out: list[onnx.NodeProto] = []
+    for n in graph.node:
+        out.append(n)
+        for a in n.attribute:
+            for g in [a.g] if a.HasField("g") else list(a.graphs):
+                out += all_nodes(g)
+    return out
+
+
+def all_initializers(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    """The initializers of `graph` and of its subgraphs (weights only an If's branch reads are its own)."""
+    out = list(graph.initializer)
+    for n in graph.node:
+        for a in n.attribute:
+            for g in [a.g] if a.HasField("g") else list(a.graphs):
+                out += all_initializers(g)
+    return out
+
+
 def _extent(t: onnx.TensorProto) -> tuple[int, int]:
     where = {e.key: int(e.value) for e in t.external_data if e.key in ("offset", "length")}
     return where["offset"], where["offset"] + where["length"]
@@ -22,24 +44,24 @@ def assert_tied_head_blocks(graph_file: Path, *, per_token: bool) -> int:
     the blocks' logits) or the DynamicQuantizeLinear's. Returns the number of blocks."""
     bare = onnx.load(graph_file, load_external_data=False)
     full = onnx.load(graph_file)
-    inits = {t.name: t for t in bare.graph.initializer}
-    values = {t.name: t for t in full.graph.initializer}
+    inits = {t.name: t for t in all_initializers(bare.graph)}
+    values = {t.name: t for t in all_initializers(full.graph)}
     tables = [
         n.input[0]
-        for n in bare.graph.node
+        for n in all_nodes(bare.graph)
         if n.op_type == "Gather" and n.input[0] in inits and inits[n.input[0]].data_type == TensorProto.INT8
     ]
     assert len(tables) == 1, tables
     table = tables[0]
-    users = sorted(n.op_type for n in bare.graph.node if table in n.input)
+    users = sorted(n.op_type for n in all_nodes(bare.graph) if table in n.input)
     assert users == ["Gather"], users
     q = numpy_helper.to_array(values[table])  # (V, H)
     scale = numpy_helper.to_array(values[table.removesuffix("_int8") + "_row_scale"])  # (V,)
-    qgemms = [n for n in bare.graph.node if n.op_type == "QGemm"]
+    qgemms = [n for n in all_nodes(bare.graph) if n.op_type == "QGemm"]
     assert qgemms
     t0, t1 = _extent(inits[table])
     at, row = t0, 0
-    producers = {o: n for n in bare.graph.node for o in n.output}
+    producers = {o: n for n in all_nodes(bare.graph) for o in n.output}
     for n in qgemms:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
         assert attrs.get("transB") == 1 and n.domain == "com.microsoft"

@@ -88,6 +88,7 @@ def test_quantize_extra_alone_quantizes_int8_and_int4(wheel_file: Path, masked_b
     to quantize an fp32 bundle: `inbedder quantize` to int8 and to int4 there."""
     import onnx
     from evalsets import CAL, HELD
+    from graphs import all_nodes
 
     from inbedder import load_manifest
 
@@ -129,7 +130,7 @@ def test_quantize_extra_alone_quantizes_int8_and_int4(wheel_file: Path, masked_b
         assert done.returncode == 0, done.stderr
         assert f"wrote {out}: {precision} bundle" in done.stdout
         assert load_manifest(out).precision == precision
-        ops = {n.op_type for n in onnx.load(out / "model.onnx", load_external_data=False).graph.node}
+        ops = {n.op_type for n in all_nodes(onnx.load(out / "model.onnx", load_external_data=False).graph)}
         assert ("MatMulNBits" in ops) is (precision == "int4") and "QGemm" in ops  # QGemm: the tied head
         if precision == "int8":
             assert "MatMulIntegerToFloat" in ops

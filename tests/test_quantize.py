@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from evalsets import CAL, HELD, SMALL, TEXTS, alone_vs_batched  # slices of the built-in set: see evalsets.py
-from graphs import assert_tied_head_blocks
+from graphs import all_initializers, all_nodes, assert_tied_head_blocks
 
 from inbedder import Embedder, load_manifest
 from inbedder.cli import main
@@ -33,8 +33,8 @@ def _graph(bundle: Path) -> onnx.ModelProto:
 
 def test_int8_structure(int8_bundle: Path, masked_bundle: Path):
     g = _graph(int8_bundle)
-    ops = [n.op_type for n in g.graph.node]
-    inits = {i.name: i for i in g.graph.initializer}
+    ops = [n.op_type for n in all_nodes(g.graph)]
+    inits = {i.name: i for i in all_initializers(g.graph)}
     # Fusions applied before quantization: attention and GELU; residual + layer norm and the FFN
     # bias stay unfused on CPU (CPU_SKIPPED_FUSIONS): embeddings + 2 per layer + the LM head's.
     assert ops.count("QAttention") == 2 and "Attention" not in ops
@@ -44,7 +44,7 @@ def test_int8_structure(int8_bundle: Path, masked_bundle: Path):
     # = 7; the vocabulary projection at the slots is the tied head over the int8 table (QGemms).
     assert ops.count("MatMulInteger") == 7
     assert_tied_head_blocks(int8_bundle / "model.onnx", per_token=False)
-    for n in g.graph.node:
+    for n in all_nodes(g.graph):
         if n.op_type == "MatMul":  # what stays fp32 must be activation x activation
             assert n.input[1] not in inits, f"{n.name} has a constant fp32 weight"
         if n.op_type == "MatMulInteger":
@@ -59,7 +59,7 @@ def test_int8_structure(int8_bundle: Path, masked_bundle: Path):
     assert [(t.data_type, t.name.endswith("_int8")) for t in tables] == [(onnx.TensorProto.INT8, True)]
     scale = inits[tables[0].name.replace("_int8", "_row_scale")]
     assert list(scale.dims) == [tables[0].dims[0]]  # (V,): per row
-    users = [n.op_type for n in g.graph.node if tables[0].name in n.input]
+    users = [n.op_type for n in all_nodes(g.graph) if tables[0].name in n.input]
     assert sorted(users) == ["Gather"]
     q = load_manifest(int8_bundle).options["quantization"]["graphs"]["encoder"]["embedding_tables"]
     assert q[tables[0].name.removesuffix("_int8")]["tied_heads"]
@@ -389,7 +389,7 @@ def test_cpu_sessions_keep_layer_norm_and_gelu_unfused(int8_bundle: Path, tmp_pa
             str(int8_bundle / "model.onnx"), opts, providers=["CPUExecutionProvider"],
             disabled_optimizers=disabled,
         )  # fmt: skip
-        nodes = onnx.load(tmp_path / "optimized.onnx", load_external_data=False).graph.node
+        nodes = all_nodes(onnx.load(tmp_path / "optimized.onnx", load_external_data=False).graph)
         made_by = {o: n.op_type for n in nodes for o in n.output}
         # each Gelu's producer, to see that the FFN bias went into the MatMul before it
         gelu_inputs = [f"Gelu<-{made_by[n.input[0]]}" for n in nodes if n.op_type == "Gelu"]

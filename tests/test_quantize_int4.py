@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from evalsets import SMALL, TEXTS, alone_vs_batched  # slices of the built-in set: see evalsets.py
-from graphs import assert_tied_head_blocks
+from graphs import all_initializers, all_nodes, assert_tied_head_blocks
 from onnx import TensorProto, helper, numpy_helper
 
 from inbedder import Embedder, load_manifest
@@ -34,13 +34,13 @@ def _attrs(n: onnx.NodeProto) -> dict:
 
 
 def _made_by(g: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {o: n for n in g.node for o in n.output}
+    return {o: n for n in all_nodes(g) for o in n.output}
 
 
 def test_structure(int4_bundle: Path):
     g = onnx.load(int4_bundle / "model.onnx").graph
-    ops = [n.op_type for n in g.node]
-    inits = {i.name: i for i in g.initializer}
+    ops = [n.op_type for n in all_nodes(g)]
+    inits = {i.name: i for i in all_initializers(g)}
     q = load_manifest(int4_bundle).options["quantization"]
     assert (q["block_size"], q["bits"], q["symmetric"], q["accuracy_level"]) == (
         BLOCK_SIZE, 4, SYMMETRIC, ACCURACY_LEVEL,
@@ -48,7 +48,7 @@ def test_structure(int4_bundle: Path):
     # Every weight MatMul is int4: per layer QKV, attention output, FFN in, FFN out (2 layers),
     # and the LM head's dense; nothing is left with a constant fp32 weight.
     assert ops.count("MatMulNBits") == 9
-    for n in g.node:
+    for n in all_nodes(g):
         if n.op_type == "MatMul":
             assert n.input[1] not in inits, f"{n.name} has a constant fp32 weight"
         if n.op_type == "MatMulNBits":
@@ -61,7 +61,7 @@ def test_structure(int4_bundle: Path):
             assert (len(n.input) > 3 and n.input[3] != "") is not SYMMETRIC  # zero points: asymmetric only
     # QKV split: no fused Attention; each MultiHeadAttention reads a Split of an int4 projection.
     made_by = _made_by(g)
-    mha = [n for n in g.node if n.op_type == "MultiHeadAttention"]
+    mha = [n for n in all_nodes(g) if n.op_type == "MultiHeadAttention"]
     assert len(mha) == 2 and "Attention" not in ops
     for n in mha:
         split = made_by[n.input[0]]
@@ -136,13 +136,13 @@ def test_fallback_keeps_matmuls_at_per_token_int8(masked_bundle: Path, tmp_path:
     assert q["accepted_attempt"] == 1 and [a["kept_int8"] for a in q["attempts"]] == [0, 1]
     (kept,) = q["graphs"]["encoder"]["kept_int8_nodes"]
     g = onnx.load(tmp_path / "int4" / "model.onnx").graph
-    inits = {i.name for i in g.initializer}
-    by_name = {n.name: n for n in g.node}
+    inits = {i.name for i in all_initializers(g)}
+    by_name = {n.name: n for n in all_nodes(g)}
     node = by_name[f"{kept}/int8"]
     assert node.op_type == "MatMulIntegerToFloat" and node.domain == MS
     assert node.input[1] in inits and node.input[2] not in inits  # int8 weight, scale per token
-    assert not any(n.op_type == "MatMulNBits" and n.name.startswith(kept) for n in g.node)
-    ops = [n.op_type for n in g.node]
+    assert not any(n.op_type == "MatMulNBits" and n.name.startswith(kept) for n in all_nodes(g))
+    ops = [n.op_type for n in all_nodes(g)]
     assert ops.count("MatMulNBits") == 8 and ops.count("MatMulIntegerToFloat") == 1  # the head: QGemm
     assert m.graphs["encoder"].file and alone_vs_batched(Embedder(tmp_path / "int4"), TEXTS[:2]) <= 1e-5
 
@@ -154,7 +154,7 @@ def test_settings_are_recorded_and_checked(masked_bundle: Path, tmp_path: Path):
     q = m.options["quantization"]
     assert (q["block_size"], q["symmetric"]) == (16, False) and "asymmetric" in q["weights"]
     g = onnx.load(tmp_path / "b16" / "model.onnx").graph
-    nbits = [n for n in g.node if n.op_type == "MatMulNBits"]
+    nbits = [n for n in all_nodes(g) if n.op_type == "MatMulNBits"]
     assert len(nbits) == 9 and all(_attrs(n)["block_size"] == 16 and n.input[3] for n in nbits)
     with pytest.raises(ValueError, match="block_size must be a power of two"):
         quantize_int4(tmp_path / "x.onnx", tmp_path / "y.onnx", reduce_range=False, block_size=48)

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from evalsets import TEXTS, alone_vs_batched
-from graphs import assert_tied_head_blocks
+from graphs import all_initializers, all_nodes, assert_tied_head_blocks
 from onnx import TensorProto, helper, numpy_helper
 
 from inbedder import Embedder, load_manifest
@@ -131,8 +131,8 @@ def pertoken_bundle(masked_bundle: Path, tmp_path_factory: pytest.TempPathFactor
 
 def test_structure(pertoken_bundle: Path):
     g = onnx.load(pertoken_bundle / "model.onnx")
-    ops = [n.op_type for n in g.graph.node]
-    inits = {i.name: i for i in g.graph.initializer}
+    ops = [n.op_type for n in all_nodes(g.graph)]
+    inits = {i.name: i for i in all_initializers(g.graph)}
     # No operator that quantizes over the whole batch.
     assert not {"QAttention", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulInteger"} & set(ops)
     # Every weight MatMul (2 layers x output, FFN in, FFN out; the LM head's dense) and both QKV
@@ -140,7 +140,7 @@ def test_structure(pertoken_bundle: Path):
     # is the tied head over the int8 table (below).
     assert ops.count("MatMulIntegerToFloat") == 9 and ops.count("MultiHeadAttention") == 2
     assert "Attention" not in ops
-    for n in g.graph.node:
+    for n in all_nodes(g.graph):
         if n.op_type == "MatMul":
             assert n.input[1] not in inits, f"{n.name} has a constant fp32 weight"
         if n.op_type == "MatMulIntegerToFloat":

@@ -45,10 +45,16 @@ def library(build: Path) -> Path:
     return build / "native" / "runtime" / "libinbedder_row_ops.so"
 
 
+HEADS = 4  # attention over K = 40: heads of 10, narrower than any vector step
+
+
 def _layer(rng: np.random.Generator):
-    """x -> LayerNorm -> MatMul + b -> Gelu -> MatMul + b -> + residual, and a bias-free MatMul:
-    a transformer layer's FFN with the per-token graph's three kinds of epilogue."""
+    """x -> LayerNorm -> MatMul + b -> Gelu -> MatMul + b -> + residual, a bias-free MatMul and a
+    self-attention with a key padding mask: a transformer layer with the per-token graph's four
+    kinds of epilogue (the attention's: its QKV projection, Split, MultiHeadAttention)."""
     inits = {
+        "wqkv": rng.normal(size=(K, 3 * K)).astype(np.float32) * 0.3,
+        "bqkv": rng.normal(size=3 * K).astype(np.float32),
         "g": np.ones(K, np.float32),
         "beta": np.zeros(K, np.float32),
         "w1": rng.normal(size=(K, N)).astype(np.float32) * 0.3,
@@ -67,14 +73,21 @@ def _layer(rng: np.random.Generator):
         helper.make_node("Add", ["d0", "b2"], ["d"], name="down_bias"),
         helper.make_node("Add", ["d", "x"], ["y"], name="residual"),
         helper.make_node("MatMul", ["h", "w3"], ["z"], name="side"),
+        helper.make_node(
+            "Attention", ["h", "wqkv", "bqkv", "mask"], ["att"], domain=ms, num_heads=HEADS, name="attention"
+        ),
     ]
     graph = helper.make_graph(
         nodes,
         "layer",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", K])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", K]),
+            helper.make_tensor_value_info("mask", TensorProto.INT32, ["B", "S"]),
+        ],
         [
             helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", K]),
             helper.make_tensor_value_info("z", TensorProto.FLOAT, ["B", "S", 24]),
+            helper.make_tensor_value_info("att", TensorProto.FLOAT, ["B", "S", K]),
         ],
         [numpy_helper.from_array(v, k) for k, v in inits.items()],
     )
@@ -83,21 +96,23 @@ def _layer(rng: np.random.Generator):
     return model
 
 
-def _inputs(rng: np.random.Generator) -> np.ndarray:
+def _inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
     x = rng.normal(size=(3, 7, K)).astype(np.float32)
     x[0, 0] = 0.0  # LayerNorm keeps it zero: the floor scale
     x[1, 2, 5] = 300.0  # an outlier: the rest of its row rounds to few levels
     x[2, 4, ::2] = 1e-8  # half the row tiny: values on rounding ties are more likely
-    return x
+    mask = np.ones((3, 7), np.int32)
+    mask[1, 5:] = 0  # padded keys
+    return {"x": x, "mask": mask}
 
 
-def _run(model, x: np.ndarray, lib: Path | None) -> list[np.ndarray]:
+def _run(model, feed: dict[str, np.ndarray], lib: Path | None) -> list[np.ndarray]:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     if lib is not None:
         opts.register_custom_ops_library(str(lib))
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, {"x": x})
+    return sess.run(None, feed)
 
 
 X86 = platform.machine().lower() in {"x86_64", "amd64"}
@@ -114,14 +129,20 @@ def test_row_ops_graph_is_bit_identical_to_the_per_token_graph(library: Path, is
         monkeypatch.setenv("INBEDDER_ROW_OPS_ISA", isa)  # read when each kernel is created
     stock = _layer(np.random.default_rng(0))
     fused = _layer(np.random.default_rng(0))
-    assert row_ops_mod.rewrite(fused) == {"RowQuantize": 2, "RowScale": 3}
+    assert row_ops_mod.rewrite(fused) == {"RowQuantize": 2, "RowScale": 4, "attention": 1}
     ops = Counter(n.op_type for n in fused.graph.node)
-    assert ops["RowQuantize"] == 2  # the LayerNorm output (shared by two MatMuls), the GELU output
-    assert not {"Abs", "ReduceMax", "Reciprocal", "QuantizeLinear"} & set(ops)
+    assert ops["RowQuantize"] == 2  # the LayerNorm output (shared by three MatMuls), the GELU output
+    assert not {"Abs", "ReduceMax", "Reciprocal", "QuantizeLinear", "Split"} & set(ops)
     assert ops["Add"] == 0  # both bias Adds and the residual went into RowScale
+    # the attention's RowScale writes Q, K, V (K, V as (B, N, S, H)) and adds their bias itself
+    qkv = next(n for n in fused.graph.node if n.op_type == "RowScale" and len(n.output) == 3)
+    attrs = {a.name: list(a.ints) for a in qkv.attribute}
+    assert attrs == {"widths": [K, K, K], "heads": [0, HEADS, HEADS]} and len(qkv.input) == 3
+    mha = next(n for n in fused.graph.node if n.op_type == "MultiHeadAttention")
+    assert list(mha.input[:4]) == [*qkv.output, ""]
     for seed in range(3):
-        x = _inputs(np.random.default_rng(seed))
-        want, got = _run(stock, x, None), _run(fused, x, library)
+        feed = _inputs(np.random.default_rng(seed))
+        want, got = _run(stock, feed, None), _run(fused, feed, library)
         for w, g in zip(want, got, strict=True):
             assert w.dtype == g.dtype and w.shape == g.shape
             np.testing.assert_array_equal(g, w)
@@ -168,6 +189,77 @@ def test_a_row_ops_graph_with_bad_shapes_fails_with_the_operators_message(librar
         sess.run(None, {"z": z, "s": s})
 
 
+@pytest.mark.parametrize(
+    ("attrs", "outputs", "z_shape", "message"),
+    [
+        ({"widths": [2, 2]}, 2, [2, 3], "RowScale: widths must add up to Z's last axis"),
+        ({"widths": [1, 2]}, 1, [2, 3], r"RowScale: one output per width \(one output without widths\)"),
+        ({"widths": [2, 4], "heads": [0, 3]}, 2, [1, 2, 6], "RowScale: heads must be 0 or divide its width"),
+        ({"widths": [3, 3], "heads": [0]}, 2, [1, 2, 6], "RowScale: heads needs one entry per width"),
+        ({"widths": [3, 3], "heads": [0, 3]}, 2, [2, 6], r"RowScale: heads need a Z of shape \(B, S, N\)"),
+        ({"widths": [3, 3], "residual": True}, 2, [2, 6], "RowScale: R cannot be given with widths"),
+    ],
+)
+def test_row_scale_checks_its_split(library: Path, attrs, outputs, z_shape, message):
+    """RowScale's `widths` / `heads` (an attention projection's Split) refuse what they cannot
+    mean, at session creation or at run time, with the operator's words."""
+    names = [f"y{j}" for j in range(outputs)]
+    inputs = ["z", "s", "", "z"] if attrs.pop("residual", False) else ["z", "s"]
+    nodes = [helper.make_node("RowScale", inputs, names, domain=row_ops_mod.DOMAIN, **attrs)]
+    graph = helper.make_graph(
+        nodes,
+        "split",
+        [
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, z_shape),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, [*z_shape[:-1], 1]),
+        ],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(row_ops_mod.DOMAIN, 1)]
+    opts = ort.SessionOptions()
+    opts.register_custom_ops_library(str(library))
+    z = np.ones(z_shape, np.float32)
+    with pytest.raises(Exception, match=message):
+        model = helper.make_model(graph, opset_imports=opsets)
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess.run(None, {"z": z, "s": np.ones([*z_shape[:-1], 1], np.float32)})
+
+
+def test_row_scale_writes_heads_in_attention_layout(library: Path):
+    """widths [2, 4] with heads [0, 2] on a (B, S, 6) Z: output 0 is (B, S, 2), output 1 the next
+    four columns as (B, 2, S, 2), each z * s + bias; a residual without a bias is z * s + r."""
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(2, 3, 6)).astype(np.float32)
+    s = rng.uniform(0.5, 2, size=(2, 3, 1)).astype(np.float32)
+    bias = rng.normal(size=6).astype(np.float32)
+    nodes = [
+        helper.make_node(
+            "RowScale", ["z", "s", "b"], ["q", "k"], domain=row_ops_mod.DOMAIN, widths=[2, 4], heads=[0, 2]
+        ),
+        helper.make_node("RowScale", ["z", "s", "", "z"], ["r"], domain=row_ops_mod.DOMAIN),  # no bias
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "heads",
+        [
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3, 6]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, [2, 3, 1]),
+        ],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("q", "k", "r")],
+        [numpy_helper.from_array(bias, "b")],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(row_ops_mod.DOMAIN, 1)]
+    opts = ort.SessionOptions()
+    opts.register_custom_ops_library(str(library))
+    model = helper.make_model(graph, opset_imports=opsets)
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    q, k, r = sess.run(None, {"z": z, "s": s})
+    np.testing.assert_array_equal(r, z * s + z)
+    y = z * s + bias  # (B, S, 6)
+    np.testing.assert_array_equal(q, y[..., :2])
+    np.testing.assert_array_equal(k, y[..., 2:].reshape(2, 3, 2, 2).transpose(0, 2, 1, 3))
+
+
 # -- bundles with a row-ops graph ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def row_bundle(masked_bundle: Path, library: Path, tmp_path_factory) -> Path:
@@ -195,6 +287,9 @@ def test_quantize_writes_a_small_row_ops_graph_it_checked(row_bundle: Path):
     assert rec["library"] == "libinbedder_row_ops.so"
     made = rec["graphs"]["encoder"]
     assert made["file"] == g.row_ops and made["ops"]["RowQuantize"] > 0 and made["ops"]["RowScale"] > 0
+    mhas = [n for n in model.graph.node if n.op_type == "MultiHeadAttention"]
+    assert made["ops"]["attention"] == len(mhas) > 0  # every layer's Q, K, V come from a RowScale
+    assert all(n.input[3] == "" for n in mhas) and not any(n.op_type == "Split" for n in model.graph.node)
     assert made["bit_identical_passes"] == len(SMALL["calibration"]) + len(SMALL["heldout"])
 
 
@@ -324,6 +419,7 @@ def test_cli_quantize_row_ops(masked_bundle, library, tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "row-ops graphs: model.row_ops.onnx (encoder; " in printed and "bit-identical on" in printed
+    assert "answers on request: " in printed and " nodes of encoder behind want_answers (" in printed
     assert load_manifest(out).graphs["encoder"].row_ops == "model.row_ops.onnx"
 
 

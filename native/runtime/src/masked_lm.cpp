@@ -60,6 +60,10 @@ class MaskedAnswerPipeline : public Pipeline {
       for (auto& [name, tensor] : arrays) feed.emplace(name, tensor.value());
       return run("encoder", feed);
     };
+    // A graph that declares want_answers runs its LM head's projection only when it is 1
+    // (runtime/masked_lm.py): on every pass before the last, which choose by the answers, and on
+    // the last when the call asks for answers.
+    arrays["want_answers"] = {{1}, {1}};
     for (long long step = 0; step + 1 < steps; ++step) {
       Outputs o = pass();
       std::vector<float> logp = to_float(o.at("answer_logprobs"));  // (B, S)
@@ -79,6 +83,7 @@ class MaskedAnswerPipeline : public Pipeline {
         arrays["input_ids"].data[r * t + std::size_t(slots[r * s + pick])] = token;
       }
     }
+    arrays["want_answers"] = {{want_answers ? 1 : 0}, {1}};
     Outputs o = pass();
     const Ort::Value& sv = o.at("slot_states");
     std::vector<int64_t> shape = shape_of(sv);  // (B, S, H)

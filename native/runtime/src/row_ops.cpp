@@ -61,6 +61,8 @@ inline __attribute__((always_inline)) void scale_row(const float* z, float s, co
     for (int64_t i = 0; i < n; ++i) y[i] = (z[i] * s + bias[i]) + res[i];
   } else if (bias) {
     for (int64_t i = 0; i < n; ++i) y[i] = z[i] * s + bias[i];
+  } else if (res) {
+    for (int64_t i = 0; i < n; ++i) y[i] = z[i] * s + res[i];
   } else {
     for (int64_t i = 0; i < n; ++i) y[i] = z[i] * s;
   }
@@ -297,14 +299,21 @@ struct QuantizeOp : Ort::CustomOpBase<QuantizeOp, QuantizeKernel, true> {
   }
 };
 
+// One output of RowScale: columns [offset, offset + width) of each row of Z, written as
+// (..., width) or, with heads > 0, as (B, heads, S, width / heads) (attention's BNSH layout).
+struct Part {
+  float* y;
+  int64_t offset, width, heads;
+};
+
 struct ScaleTask {
   Kernels kn;
   const float* z;
   const float* s;         // (rows,)
   const float* bias;      // (n,) or null
-  const float* residual;  // (rows, n) or null
-  float* y;
-  int64_t rows, n;
+  const float* residual;  // (rows, n) or null (then a single part, the whole row)
+  std::vector<Part> parts;
+  int64_t rows, n, seq;  // seq: S of a (B, S, N) Z, for parts with heads
 };
 
 void scale_rows(void* data, size_t block) {
@@ -312,13 +321,39 @@ void scale_rows(void* data, size_t block) {
   const Kernels& kn = t.kn;
   const int64_t first = static_cast<int64_t>(block) * kRowsPerTask;
   const int64_t last = std::min(first + kRowsPerTask, t.rows);
-  for (int64_t r = first; r < last; ++r)
-    kn.scale(t.z + r * t.n, t.s[r], t.bias, t.residual ? t.residual + r * t.n : nullptr,
-             t.y + r * t.n, t.n);
+  for (int64_t r = first; r < last; ++r) {
+    const float* z = t.z + r * t.n;
+    for (const Part& p : t.parts) {
+      const float* b = t.bias ? t.bias + p.offset : nullptr;
+      if (p.heads == 0) {
+        kn.scale(z + p.offset, t.s[r], b, t.residual ? t.residual + r * t.n : nullptr,
+                 p.y + r * p.width, p.width);
+        continue;
+      }
+      const int64_t h = p.width / p.heads, batch = r / t.seq, pos = r % t.seq;
+      for (int64_t i = 0; i < p.heads; ++i)  // row (batch, pos) of head i: (B, heads, S, h)
+        kn.scale(z + p.offset + i * h, t.s[r], b ? b + i * h : nullptr, nullptr,
+                 p.y + ((batch * p.heads + i) * t.seq + pos) * h, h);
+    }
+  }
+}
+
+// An ints attribute that may be absent (then empty).
+std::vector<int64_t> optional_ints(const OrtKernelInfo* info, const char* name) {
+  const OrtApi& api = Ort::GetApi();
+  size_t size = 0;
+  if (OrtStatus* st = api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &size)) {
+    api.ReleaseStatus(st);  // absent
+    return {};
+  }
+  std::vector<int64_t> v(size);
+  Ort::ThrowOnError(api.KernelInfoGetAttributeArray_int64(info, name, v.data(), &size));
+  return v;
 }
 
 struct ScaleKernel {
   Kernels kn = pick_kernels();
+  std::vector<int64_t> widths, heads;  // empty widths: one output, the whole row
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     return guarded([&]() -> OrtStatusPtr {
       Ort::KernelContext ctx(context);
@@ -337,15 +372,35 @@ struct ScaleKernel {
         return fail("RowScale: bias must have shape (N,), N being Z's last axis");
       if (res && res.GetTensorTypeAndShapeInfo().GetShape() != shape)
         return fail("RowScale: R must have Z's shape");
-      Ort::UnownedValue y = ctx.GetOutput(0, shape);
+      if (res && !widths.empty()) return fail("RowScale: R cannot be given with widths");
+      std::vector<int64_t> ws = widths.empty() ? std::vector<int64_t>{n} : widths;
+      std::vector<int64_t> hs = heads.empty() ? std::vector<int64_t>(ws.size(), 0) : heads;
+      int64_t total = 0;
+      for (int64_t w : ws) total += w;
+      if (total != n) return fail("RowScale: widths must add up to Z's last axis");
+      if (ctx.GetOutputCount() != ws.size())
+        return fail("RowScale: one output per width (one output without widths)");
+      const bool split_heads = std::any_of(hs.begin(), hs.end(), [](int64_t h) { return h > 0; });
+      if (split_heads && shape.size() != 3)
+        return fail("RowScale: heads need a Z of shape (B, S, N)");
       ScaleTask t{kn,
                   z.GetTensorData<float>(),
                   s.GetTensorData<float>(),
                   bias ? bias.GetTensorData<float>() : nullptr,
                   res ? res.GetTensorData<float>() : nullptr,
-                  y.GetTensorMutableData<float>(),
+                  {},
                   rows,
-                  n};
+                  n,
+                  split_heads ? shape[1] : 1};
+      int64_t offset = 0;
+      for (std::size_t j = 0; j < ws.size(); ++j) {
+        std::vector<int64_t> out_shape = shape;
+        out_shape.back() = ws[j];
+        if (hs[j] > 0) out_shape = {shape[0], hs[j], shape[1], ws[j] / hs[j]};  // BNSH
+        Ort::UnownedValue y = ctx.GetOutput(j, out_shape);
+        t.parts.push_back({y.GetTensorMutableData<float>(), offset, ws[j], hs[j]});
+        offset += ws[j];
+      }
       const auto blocks = static_cast<size_t>((rows + kRowsPerTask - 1) / kRowsPerTask);
       if (blocks > 0) ctx.ParallelFor(scale_rows, blocks, 0, &t);
       return nullptr;
@@ -354,9 +409,21 @@ struct ScaleKernel {
 };
 
 struct ScaleOp : Ort::CustomOpBase<ScaleOp, ScaleKernel, true> {
-  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo*, void** kernel) const {
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
     return guarded([&]() -> OrtStatusPtr {
-      *kernel = new ScaleKernel;
+      std::vector<int64_t> widths = optional_ints(info, "widths"),
+                           heads = optional_ints(info, "heads");
+      if (!heads.empty() && heads.size() != widths.size())
+        return fail("RowScale: heads needs one entry per width");
+      for (int64_t w : widths)
+        if (w <= 0) return fail("RowScale: widths must be positive");
+      for (std::size_t j = 0; j < heads.size(); ++j)
+        if (heads[j] < 0 || (heads[j] > 0 && widths[j] % heads[j] != 0))
+          return fail("RowScale: heads must be 0 or divide its width");
+      auto* k = new ScaleKernel;
+      k->widths = std::move(widths);
+      k->heads = std::move(heads);
+      *kernel = k;
       return nullptr;
     });
   }
@@ -372,6 +439,10 @@ struct ScaleOp : Ort::CustomOpBase<ScaleOp, ScaleKernel, true> {
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const {
     return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  // one output per width: Y, or Q, K, V of an attention's projection
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t) const {
+    return INPUT_OUTPUT_VARIADIC;
   }
 };
 

@@ -9,7 +9,11 @@
 //   shifted = 1: s = max(max(x + 0.17) * (1/255), 1e-30); Xq = saturate(rint((x + 0.17) * (1/s)))
 // inbedder.row_ops.RowScale(Z, S[, bias[, R]]) -> Y = ((Z * S) + bias) + R; Z, R (..., N),
 //   S (..., 1), bias (N): the per-row activation scale MatMulIntegerToFloat would apply in a pass
-//   of its own, with the bias Add and the residual Add after it.
+//   of its own, with the bias Add and the residual Add after it. With the ints attribute
+//   `widths` (adding up to N, no R) it has one output per width, columns [offset, offset + w) of
+//   Y: the Split of an attention's packed Q, K, V projection; `heads` (one per width, 0 or a
+//   divisor of it) writes an output of a (B, S, N) Z as (B, heads, S, w / heads), the layout
+//   MultiHeadAttention takes K and V in without copying them again.
 //
 // The kernels pick AVX-512, AVX2 or plain loops at run time (the same bits on each);
 // INBEDDER_ROW_OPS_ISA=avx2|scalar caps the choice for the kernels of sessions opened while it is
