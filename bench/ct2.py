@@ -72,8 +72,9 @@ SLOTS = 3  # the masked-answer prompt's answer slots (the pooled positions)
 
 
 # -- setup ---------------------------------------------------------------------------------------
-def setup(work: Path, ct2_python: str | None, row_ops: Path | None = None) -> str:
-    """Build the model and bundles, the CTranslate2 venv (unless given) and its conversions."""
+def setup(work: Path, ct2_python: str | None, row_ops: Path | None = None, on_request: bool = False) -> str:
+    """Build the model and bundles, the CTranslate2 venv (unless given) and its conversions;
+    `on_request`: the int8 bundle quantized with `answers_on_request=True`."""
     from models import roberta_large_shaped
 
     from inbedder.export import export_bundle
@@ -85,7 +86,9 @@ def setup(work: Path, ct2_python: str | None, row_ops: Path | None = None) -> st
         export_bundle(str(ckpt), work / "fp32", overwrite=True)
     if not (work / "int8" / "inbedder.json").exists():
         lib = row_ops if row_ops is not None and row_ops.is_file() else None
-        quantize_bundle(work / "fp32", work / "int8", overwrite=True, row_ops=lib)
+        quantize_bundle(
+            work / "fp32", work / "int8", overwrite=True, row_ops=lib, answers_on_request=on_request
+        )
     if ct2_python is None:
         venv = work / "ct2-venv"
         if not (venv / "bin" / "ct2-transformers-converter").exists():
@@ -280,6 +283,11 @@ def main() -> None:
     ap.add_argument(
         "--row-ops", type=Path, default=ROW_OPS, help="libinbedder_row_ops.so (inbedder-int8-rowops)"
     )
+    ap.add_argument(
+        "--answers-on-request",
+        action="store_true",
+        help="--setup: quantize the int8 bundle with answers_on_request (no LM head without answers)",
+    )
     ap.add_argument("--out", default="ct2-results.json")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
@@ -291,7 +299,7 @@ def main() -> None:
         return
     ct2_python = args.ct2_python or str(args.work / "ct2-venv" / "bin" / "python")
     if args.setup:
-        ct2_python = setup(args.work, args.ct2_python, args.row_ops)
+        ct2_python = setup(args.work, args.ct2_python, args.row_ops, args.answers_on_request)
     os.environ[ROW_OPS_ENV] = str(args.row_ops)
     write_prompt_helper(args.work)
     systems = [s for s in args.systems.split(",") if s]

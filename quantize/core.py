@@ -219,6 +219,7 @@ def quantize_bundle(
     int8_method: str | Int8Method = DEFAULT_INT8_METHOD,
     int4: Int8Method = INT4,
     row_ops: str | Path | None = None,
+    answers_on_request: bool = False,
 ) -> Manifest:
     """Write a `precision` copy of the fp32 bundle `src` to `out` (which may be `src` itself with
     `overwrite=True`) if its embeddings stay within `min_cosine` of the source's on the held-out
@@ -239,10 +240,12 @@ def quantize_bundle(
     `precision="int4"` searches `int4` (default `INT4`: `int4_method()`) the same way, its fallback
     keeping the most sensitive MatMuls at per-token int8.
 
-    Every graph of the accepted bundle whose family names outputs only answers need
-    (`Pipeline.on_request`: a masked LM's LM head) gets those nodes behind an If on the input
-    `want_answers` (quantize/on_request.py), checked bit-identical on the same passes; a call that
-    wants only vectors then skips them.
+    `answers_on_request`: every graph of the accepted bundle whose family names outputs only
+    answers need (`Pipeline.on_request`: a masked LM's LM head) gets those nodes behind an If on
+    the input `want_answers` (quantize/on_request.py), checked bit-identical on the same passes; a
+    call that wants only vectors then skips them. Off by default: onnxruntime 1.32 creates such a
+    session with a transient extra copy of the branch's weights (~50 MB of peak RSS for
+    roberta-large).
 
     `row_ops` (per-token int8 only): the path of inbedder's operator library
     (libinbedder_row_ops.so, built with the native runtime). The accepted bundle then also gets
@@ -257,6 +260,8 @@ def quantize_bundle(
             raise InputError(f"int8_method must be one of {tuple(INT8_METHODS)}, got {int8_method!r}")
         int8_method = INT8_METHODS[int8_method]
     lib = row_ops_library(row_ops)
+    if not isinstance(answers_on_request, bool):
+        raise InputError(f"answers_on_request must be True or False, got {answers_on_request!r}")
     if lib is not None and (precision != "int8" or not int8_method.per_token):
         raise InputError(
             f"row_ops needs per-token int8 (precision 'int8', int8_method 'per-token'), got "
@@ -339,8 +344,10 @@ def quantize_bundle(
             )
         # Only for a bundle the gate accepted: both keep its outputs bit for bit.
         pairs = [*cal_pairs, *held_pairs]
-        graphs, gated, calls = add_on_request(work / name, staged, pairs)
-        if gated["graphs"]:
+        graphs, gated, calls = (
+            add_on_request(work / name, staged, pairs) if answers_on_request else (staged.graphs, {}, {})
+        )
+        if gated.get("graphs"):
             record["on_request"] = gated
             staged = dataclasses.replace(staged, graphs=graphs)
         if lib is not None:

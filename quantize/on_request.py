@@ -86,25 +86,17 @@ def gate_outputs(model: onnx.ModelProto, gated: Sequence[str], flag: str = WANT_
     # each keeps its rank, its sizes unknown: (B, S) when asked, (0, 0) when not
     ranks = {o.name: len(o.type.tensor_type.shape.dim) or 1 for o in g.output}
     inner = {o for n in then_nodes for o in n.output}
-    # The weights only the branch reads move into it: onnxruntime pre-packs a kernel's constant
-    # weights only when they are its own graph's initializers (read from the outer graph, the LM
-    # head's int8 blocks were packed again on every call, ~50 MB of peak RSS for roberta-large).
-    outer_reads = set().union(*(reads(nodes[k]) for k in range(len(nodes)) if k not in set(moved)))
-    outer_reads |= set(names)
-    branch_reads = set().union(*(reads(n) for n in then_nodes))
-    own = [t for t in g.initializer if t.name in branch_reads and t.name not in outer_reads]
+    # The weights stay the outer graph's (the branch reads them from there): made the branch's own,
+    # onnxruntime 1.32 loaded them into the heap beside their packed copies (+50 MB of RSS for
+    # roberta-large's LM head, for the session's life); read from outside they cost a transient
+    # ~50 MB while the session is created (README, "Answers on request").
     then_branch = helper.make_graph(
         then_nodes,
         "on_request",
         [],
         [helper.make_tensor_value_info(rename[o], types[o], [None] * ranks[o]) for o in gated],
-        own,
         value_info=[v for v in g.value_info if v.name in inner],
     )
-    moved_inits = {t.name for t in own}
-    rest = [t for t in g.initializer if t.name not in moved_inits]
-    g.ClearField("initializer")
-    g.initializer.extend(rest)
     empty = [
         helper.make_node(
             "Constant",

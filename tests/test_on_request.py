@@ -15,7 +15,7 @@ import pytest
 from evalsets import SMALL
 from onnx import TensorProto, helper, numpy_helper
 
-from inbedder import Embedder, QuantizationRefused
+from inbedder import Embedder, InputError, QuantizationRefused
 from inbedder.quantize import on_request, quantize_bundle
 from inbedder.runtime.bundle import load_manifest
 from inbedder.runtime.pipeline import WANT_ANSWERS
@@ -63,10 +63,9 @@ def test_gate_outputs_computes_them_only_on_request():
     assert on_request.gate_outputs(model, ["ids", "best"]) == 3  # head, ArgMax, ReduceMax
     assert [n.op_type for n in model.graph.node] == ["MatMul", "Cast", "If"]
     assert model.graph.input[-1].name == WANT_ANSWERS
-    # the weight only the branch reads is the branch's own (onnxruntime pre-packs only those)
+    # the branch reads its weights from the outer graph (its own, onnxruntime kept a heap copy)
     branch = next(a.g for a in model.graph.node[-1].attribute if a.name == "then_branch")
-    assert [t.name for t in model.graph.initializer] == ["w"]
-    assert [t.name for t in branch.initializer] == ["head"]
+    assert [t.name for t in model.graph.initializer] == ["w", "head"] and not branch.initializer
     onnx.checker.check_model(model, full_check=True)
     on = _run(model, {"x": x, WANT_ANSWERS: np.array([1], np.int64)})
     for w, g in zip(want, on, strict=True):
@@ -107,17 +106,15 @@ def test_gate_outputs_leaves_what_the_kept_outputs_need():
 @pytest.fixture(scope="module")
 def gated_bundle(masked_bundle, tmp_path_factory):
     out = tmp_path_factory.mktemp("on-request") / "int8"
-    quantize_bundle(masked_bundle, out, **SMALL)
+    quantize_bundle(masked_bundle, out, **SMALL, answers_on_request=True)
     return out
 
 
 @pytest.fixture(scope="module")
 def plain_bundle(masked_bundle, tmp_path_factory):
-    """The same int8 bundle without the gate."""
+    """The same int8 bundle without the gate (the default)."""
     out = tmp_path_factory.mktemp("plain") / "int8"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(on_request, "gate_outputs", lambda model, gated, flag=WANT_ANSWERS: 0)
-        quantize_bundle(masked_bundle, out, **SMALL)
+    quantize_bundle(masked_bundle, out, **SMALL)
     return out
 
 
@@ -199,5 +196,11 @@ def test_quantize_refuses_a_gate_that_changes_the_answers(masked_bundle, tmp_pat
     monkeypatch.setattr(on_request, "gate_outputs", inverted)
     out = tmp_path / "int8"
     with pytest.raises(QuantizationRefused, match=r"model\.onnx \(encoder\) with its outputs .* differs"):
-        quantize_bundle(masked_bundle, out, **SMALL)
+        quantize_bundle(masked_bundle, out, **SMALL, answers_on_request=True)
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_answers_on_request_must_be_a_bool(masked_bundle, tmp_path):
+    with pytest.raises(InputError, match="answers_on_request must be True or False, got 'yes'"):
+        quantize_bundle(masked_bundle, tmp_path / "x", answers_on_request="yes")  # type: ignore[arg-type]  # on purpose
+    assert not (tmp_path / "x").exists()

@@ -410,7 +410,7 @@ def test_a_row_ops_graph_without_a_checksum_is_refused_by_both_runtimes(build, r
 
 def test_cli_quantize_row_ops(masked_bundle, library, tmp_path, capsys):
     out = tmp_path / "cli"
-    argv = ["quantize", str(masked_bundle), str(out), "--row-ops", str(library)]
+    argv = ["quantize", str(masked_bundle), str(out), "--row-ops", str(library), "--answers-on-request"]
     argv += ["--calibration", str(tmp_path / "cal.jsonl"), "--heldout", str(tmp_path / "held.jsonl")]
     for name, pairs in (("cal", SMALL["calibration"]), ("held", SMALL["heldout"])):
         with open(tmp_path / f"{name}.jsonl", "w", encoding="utf-8") as f:
@@ -420,7 +420,9 @@ def test_cli_quantize_row_ops(masked_bundle, library, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "row-ops graphs: model.row_ops.onnx (encoder; " in printed and "bit-identical on" in printed
     assert "answers on request: " in printed and " nodes of encoder behind want_answers (" in printed
-    assert load_manifest(out).graphs["encoder"].row_ops == "model.row_ops.onnx"
+    m = load_manifest(out)
+    g = m.graphs["encoder"]
+    assert g.row_ops == "model.row_ops.onnx" and "want_answers" in g.inputs
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
