@@ -8,7 +8,8 @@ outputs need (`Pipeline.on_request`) into the then-branch of an `If` on a new gr
 `want_answers` (int64, shape (1,)): 1 computes them as before, 0 returns them empty (shape (0, 0))
 and skips that work. The other outputs come from the same nodes either way.
 
-`add_on_request` gates each graph of an accepted staged bundle (quantize) after checking it: every
+`add_on_request` gates each graph of an accepted staged bundle (quantize, with
+`answers_on_request=True`: off by default, see README "Answers on request") after checking it: every
 graph pass the runtime makes on the calibration and held-out texts gives bit-identical outputs
 with `want_answers` 1, and bit-identical kept outputs with 0; else `QuantizationRefused`. Runtimes
 feed the input when the graph declares it (`graphs.<role>.inputs`); older bundles are unchanged.
