@@ -59,7 +59,8 @@ def save_graph(model: onnx.ModelProto, path: Path) -> str | None:
     data = path.parent / data_name(path.name)
     data.unlink(missing_ok=True)  # never append to a stale file
     tie_transposed(model)
-    tensors = [t for t in _tensors(model) if t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_MIN_BYTES]
+    tensors = initializers(model.graph)
+    tensors = [t for t in tensors if t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_MIN_BYTES]
     views = _row_blocks(tensors)  # {block's name: (its table, byte offset in the table)}
     tensors = [t for t in tensors if t.name not in views] + [t for t in tensors if t.name in views]
     if tensors:
@@ -159,29 +160,23 @@ def tie_transposed(model: onnx.ModelProto) -> list[str]:
     return replaced
 
 
-def _tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    """Initializers of the graph and of its subgraphs (tensor attributes stay inline, as onnx's own
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs `node` holds as attributes (an If's two branches, a Loop's body)."""
+    return [g for a in node.attribute for g in ([a.g] if a.HasField("g") else list(a.graphs))]
+
+
+def initializers(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    """Initializers of `graph` and of its subgraphs (tensor attributes stay inline, as onnx's own
     external-data writer leaves them by default)."""
-    out: list[onnx.TensorProto] = []
-
-    def visit(graph: onnx.GraphProto) -> None:
-        out.extend(graph.initializer)
-        for node in graph.node:
-            for attr in node.attribute:
-                for g in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                    visit(g)
-
-    visit(model.graph)
-    return out
+    return [*graph.initializer, *(t for n in graph.node for g in subgraphs(n) for t in initializers(g))]
 
 
 def reads(node: onnx.NodeProto) -> set[str]:
     """The tensors `node` reads, those its subgraphs (an If's branches) read from outside included."""
     names = {i for i in node.input if i}
-    for a in node.attribute:
-        for g in [a.g] if a.HasField("g") else list(a.graphs):
-            inner = {o for n in g.node for o in n.output} | {t.name for t in g.initializer}
-            names |= set().union(*(reads(n) for n in g.node)) - inner
+    for g in subgraphs(node):
+        inner = {o for n in g.node for o in n.output} | {t.name for t in g.initializer}
+        names |= set().union(*(reads(n) for n in g.node)) - inner
     return names
 
 

@@ -344,12 +344,12 @@ def quantize_bundle(
             )
         # Only for a bundle the gate accepted: both keep its outputs bit for bit.
         pairs = [*cal_pairs, *held_pairs]
-        graphs, gated, calls = (
-            add_on_request(work / name, staged, pairs) if answers_on_request else (staged.graphs, {}, {})
-        )
-        if gated.get("graphs"):
-            record["on_request"] = gated
-            staged = dataclasses.replace(staged, graphs=graphs)
+        calls = None  # the stock graphs' passes, once one check has run them
+        if answers_on_request:
+            graphs, gated, calls = add_on_request(work / name, staged, pairs)
+            if gated["graphs"]:
+                record["on_request"] = gated
+                staged = dataclasses.replace(staged, graphs=graphs)
         if lib is not None:
             graphs, record["row_ops"] = add_row_ops(work / name, staged, lib, pairs, calls or None)
             staged = dataclasses.replace(staged, graphs=graphs)

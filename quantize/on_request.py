@@ -29,15 +29,15 @@ from onnx import TensorProto, helper
 
 from inbedder.errors import QuantizationRefused
 from inbedder.onnxfile import reads
+from inbedder.quantize.gate import bit_identical
 from inbedder.runtime import Embedder
 from inbedder.runtime.bundle import GraphSpec, Manifest
 from inbedder.runtime.pipeline import WANT_ANSWERS, GraphCall, pipeline_for
 from inbedder.runtime.session import make_session
 
 
-def _cone(nodes: Sequence[onnx.NodeProto], outputs: set[str]) -> set[int]:
-    """Indices of the nodes the tensors `outputs` depend on."""
-    producer = {o: k for k, n in enumerate(nodes) for o in n.output}
+def _cone(nodes: Sequence[onnx.NodeProto], producer: dict[str, int], outputs: set[str]) -> set[int]:
+    """Indices of the nodes the tensors `outputs` depend on (`producer`: tensor -> node index)."""
     todo, seen = [producer[o] for o in outputs if o in producer], set()
     while todo:
         k = todo.pop()
@@ -73,13 +73,13 @@ def gate_outputs(model: onnx.ModelProto, gated: Sequence[str], flag: str = WANT_
     if len(gated_set) != len(gated) or flag in {i.name for i in g.input}:
         raise ValueError(f"cannot gate {list(gated)}: not all graph outputs, or {flag!r} is already an input")
     nodes = list(g.node)
-    keep = _cone(nodes, set(names) - gated_set)
-    moved = sorted(_cone(nodes, gated_set) - keep)
     producer = {o: k for k, n in enumerate(nodes) for o in n.output}
+    keep = _cone(nodes, producer, set(names) - gated_set)
+    moved = _cone(nodes, producer, gated_set) - keep
     if not moved or any(producer.get(o) not in moved for o in gated):
         return 0  # nothing only they need, or one is made by a node the other outputs need
     rename = {o: f"{o}/then" for o in gated}  # the If's outputs take the graph outputs' names
-    then_nodes = _sorted([nodes[k] for k in moved])
+    then_nodes = _sorted([nodes[k] for k in sorted(moved)])
     for n in then_nodes:
         n.output[:] = [rename.get(o, o) for o in n.output]
         n.input[:] = [rename.get(i, i) for i in n.input]
@@ -115,7 +115,7 @@ def gate_outputs(model: onnx.ModelProto, gated: Sequence[str], flag: str = WANT_
         [helper.make_tensor_value_info(f"{o}/else", types[o], [None] * ranks[o]) for o in gated],
     )
     cond = f"{flag}/bool"
-    kept = [nodes[k] for k in range(len(nodes)) if k not in set(moved)]
+    kept = [n for k, n in enumerate(nodes) if k not in moved]
     kept.append(helper.make_node("Cast", [flag], [cond], to=TensorProto.BOOL, name=f"{flag}/cast"))
     kept.append(
         helper.make_node(
@@ -132,10 +132,6 @@ def gate_outputs(model: onnx.ModelProto, gated: Sequence[str], flag: str = WANT_
             o.type.CopyFrom(helper.make_tensor_type_proto(types[o.name], [None] * ranks[o.name]))
     g.input.append(helper.make_tensor_value_info(flag, TensorProto.INT64, [1]))
     return len(moved)
-
-
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
 
 
 def add_on_request(
@@ -172,9 +168,8 @@ def add_on_request(
             for k, (feed, want) in enumerate(passes):
                 for on in (1, 0):
                     got = sess.run(list(g.outputs), {**feed, WANT_ANSWERS: np.array([on], np.int64)})
-                    bad = [
-                        g.outputs[j] for j in (range(len(want)) if on else kept) if not _same(want[j], got[j])
-                    ]
+                    checked = range(len(want)) if on else kept
+                    bad = [g.outputs[j] for j in checked if not bit_identical(want[j], got[j])]
                     if bad:
                         raise QuantizationRefused(
                             f"{g.file} ({role}) with its outputs {list(gated)} on request differs "

@@ -36,6 +36,7 @@ from onnx import helper, numpy_helper
 
 from inbedder.errors import QuantizationRefused
 from inbedder.onnxfile import reads, used_names
+from inbedder.quantize.gate import bit_identical
 from inbedder.runtime import Embedder
 from inbedder.runtime.bundle import GraphSpec, Manifest
 from inbedder.runtime.pipeline import GraphCall
@@ -219,9 +220,10 @@ def rewrite(model: onnx.ModelProto) -> dict[str, int]:
     fuse_quantization(model)
     fuse_scale(model)
     ops = Counter(n.op_type for n in model.graph.node if n.domain == DOMAIN)
-    scales = [n for n in model.graph.node if n.op_type == "RowScale"]
-    qkv = sum(any(a.name == "heads" for a in n.attribute) for n in scales)
-    return {"RowQuantize": ops["RowQuantize"], "RowScale": ops["RowScale"], "attention": qkv}
+    ops["attention"] = sum(
+        n.op_type == "RowScale" and any(a.name == "heads" for a in n.attribute) for n in model.graph.node
+    )
+    return {k: ops[k] for k in ("RowQuantize", "RowScale", "attention")}
 
 
 def row_ops_name(graph_file: str) -> str:
@@ -269,8 +271,7 @@ def add_row_ops(
         for k, (feed, want) in enumerate(passes):
             got = rows.run(list(g.outputs), feed)
             for out, w, x in zip(g.outputs, want, got, strict=True):
-                same = w.dtype == x.dtype and w.shape == x.shape and np.array_equal(w, x, equal_nan=True)
-                if not same:
+                if not bit_identical(w, x):
                     if w.shape == x.shape:
                         how = f"largest difference {float(np.max(np.abs(w.astype(np.float64) - x))):.3g}"
                     else:

@@ -8,27 +8,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from inbedder.onnxfile import initializers as all_initializers
+from inbedder.onnxfile import subgraphs
+
 
 def all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     """The nodes of `graph` and of its subgraphs: a quantized masked-LM graph keeps the nodes only
     its answers need in an If's branch (quantize/on_request.py)."""
-    out: list[onnx.NodeProto] = []
-    for n in graph.node:
-        out.append(n)
-        for a in n.attribute:
-            for g in [a.g] if a.HasField("g") else list(a.graphs):
-                out += all_nodes(g)
-    return out
-
-
-def all_initializers(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
-    """The initializers of `graph` and of its subgraphs (weights only an If's branch reads are its own)."""
-    out = list(graph.initializer)
-    for n in graph.node:
-        for a in n.attribute:
-            for g in [a.g] if a.HasField("g") else list(a.graphs):
-                out += all_initializers(g)
-    return out
+    return [m for n in graph.node for m in (n, *(k for g in subgraphs(n) for k in all_nodes(g)))]
 
 
 def _extent(t: onnx.TensorProto) -> tuple[int, int]:

@@ -353,7 +353,10 @@ std::vector<int64_t> optional_ints(const OrtKernelInfo* info, const char* name) 
 
 struct ScaleKernel {
   Kernels kn = pick_kernels();
-  std::vector<int64_t> widths, heads;  // empty widths: one output, the whole row
+  std::vector<int64_t> widths,
+      heads;  // empty widths: one output, the whole row; heads: one per width
+  int64_t width_total = 0;
+  bool split_heads = false;  // some output in (B, heads, S, w / heads)
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     return guarded([&]() -> OrtStatusPtr {
       Ort::KernelContext ctx(context);
@@ -373,14 +376,10 @@ struct ScaleKernel {
       if (res && res.GetTensorTypeAndShapeInfo().GetShape() != shape)
         return fail("RowScale: R must have Z's shape");
       if (res && !widths.empty()) return fail("RowScale: R cannot be given with widths");
-      std::vector<int64_t> ws = widths.empty() ? std::vector<int64_t>{n} : widths;
-      std::vector<int64_t> hs = heads.empty() ? std::vector<int64_t>(ws.size(), 0) : heads;
-      int64_t total = 0;
-      for (int64_t w : ws) total += w;
-      if (total != n) return fail("RowScale: widths must add up to Z's last axis");
-      if (ctx.GetOutputCount() != ws.size())
+      const bool whole = widths.empty();  // one output: the whole row
+      if (!whole && width_total != n) return fail("RowScale: widths must add up to Z's last axis");
+      if (ctx.GetOutputCount() != (whole ? 1 : widths.size()))
         return fail("RowScale: one output per width (one output without widths)");
-      const bool split_heads = std::any_of(hs.begin(), hs.end(), [](int64_t h) { return h > 0; });
       if (split_heads && shape.size() != 3)
         return fail("RowScale: heads need a Z of shape (B, S, N)");
       ScaleTask t{kn,
@@ -393,13 +392,14 @@ struct ScaleKernel {
                   n,
                   split_heads ? shape[1] : 1};
       int64_t offset = 0;
-      for (std::size_t j = 0; j < ws.size(); ++j) {
+      for (std::size_t j = 0; j < (whole ? 1 : widths.size()); ++j) {
+        const int64_t w = whole ? n : widths[j], h = whole ? 0 : heads[j];
         std::vector<int64_t> out_shape = shape;
-        out_shape.back() = ws[j];
-        if (hs[j] > 0) out_shape = {shape[0], hs[j], shape[1], ws[j] / hs[j]};  // BNSH
+        out_shape.back() = w;
+        if (h > 0) out_shape = {shape[0], h, shape[1], w / h};  // BNSH
         Ort::UnownedValue y = ctx.GetOutput(j, out_shape);
-        t.parts.push_back({y.GetTensorMutableData<float>(), offset, ws[j], hs[j]});
-        offset += ws[j];
+        t.parts.push_back({y.GetTensorMutableData<float>(), offset, w, h});
+        offset += w;
       }
       const auto blocks = static_cast<size_t>((rows + kRowsPerTask - 1) / kRowsPerTask);
       if (blocks > 0) ctx.ParallelFor(scale_rows, blocks, 0, &t);
@@ -421,6 +421,9 @@ struct ScaleOp : Ort::CustomOpBase<ScaleOp, ScaleKernel, true> {
         if (heads[j] < 0 || (heads[j] > 0 && widths[j] % heads[j] != 0))
           return fail("RowScale: heads must be 0 or divide its width");
       auto* k = new ScaleKernel;
+      if (heads.empty()) heads.assign(widths.size(), 0);
+      for (int64_t w : widths) k->width_total += w;
+      k->split_heads = std::any_of(heads.begin(), heads.end(), [](int64_t h) { return h > 0; });
       k->widths = std::move(widths);
       k->heads = std::move(heads);
       *kernel = k;
