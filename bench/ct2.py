@@ -19,7 +19,8 @@ repeat) in a fresh process, systems alternating within each repeat, best of `--r
                   that library) on the int8 bundle: its row-ops graph when the bundle has one
 
 Points: batch 1 latency (p50 and p95 ms per text over `--calls` single-text calls) at T = 32,
-128, 512 (not 16: the prompt around an empty text is already 25 tokens), and throughput (texts/s =
+64, 128, 512 (not 16: the prompt around an empty text is already 25 tokens; 64, 128 and 512 are
+issue 17's target points at batch 1 and 8), and throughput (texts/s =
 batch / median of `--runs` timed calls after a warm-up) at batch 8 and 32, T = 64, 128, 512.
 Load "busy": a one-core busy loop (a Python `while True` process) started before the worker and
 stopped after it, so the condition is the same for every system. The model: random weights with
@@ -275,7 +276,7 @@ def main() -> None:
     ap.add_argument("--ct2-python", default=None, help="a Python with ctranslate2 (default: WORK/ct2-venv)")
     ap.add_argument("--systems", default="inbedder-int8,ct2-int8")
     ap.add_argument("--loads", default="quiet,busy")
-    ap.add_argument("--latency", default="32,128,512", help="token counts timed at batch 1")
+    ap.add_argument("--latency", default="32,64,128,512", help="token counts timed at batch 1")
     ap.add_argument("--throughput", default="8x64,8x128,8x512,32x64,32x128,32x512", help="BATCHxTOKENS")
     ap.add_argument("--repeats", type=int, default=3, help="fresh processes per point (best is kept)")
     ap.add_argument("--runs", type=int, default=3, help="timed calls per throughput process")

@@ -395,14 +395,23 @@ LOAD_ATTEMPTS = 50
 log = logging.getLogger("inbedder")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Bundle:
     """One complete, checked version of a bundle: where its files are, its manifest, and the
     tokenizer's text exactly as hashed (what the runtime parses: never re-read)."""
 
     root: Path
     manifest: Manifest
-    tokenizer_json: str
+    tokenizer_json: str | None  # None once taken
+
+    def take_tokenizer_json(self) -> str:
+        """The tokenizer's text, once: the bundle lets go of it, so that the text (3.5 MB for a
+        50k BPE vocabulary) is not held while the sessions load (the open's peak memory)."""
+        text = self.tokenizer_json
+        if text is None:
+            raise BundleError(f"{self.root}: the tokenizer's text was already taken (one pipeline per load)")
+        self.tokenizer_json = None
+        return text
 
 
 def _read_pointer(top: Path) -> str | None:

@@ -25,6 +25,7 @@ from tokenizers import Tokenizer
 from inbedder.errors import BundleError, InputError, InputTypeError
 
 from .bundle import MANIFEST_NAME, Bundle, Manifest
+from .heap import release_free_memory
 from .prompt import Encoded, PromptTokenizer, pad_batch
 from .session import ThreadOptions, cache_settings, make_session
 from .session_cache import CacheSlot
@@ -133,7 +134,7 @@ class Pipeline:
         origin = str(bundle.root / MANIFEST_NAME)
         tok_path = bundle.root / manifest.tokenizer_file
         try:
-            self.tokenizer = Tokenizer.from_str(bundle.tokenizer_json)  # the bytes that were hashed
+            self.tokenizer = Tokenizer.from_str(bundle.take_tokenizer_json())  # the bytes hashed
         except Exception as e:
             raise BundleError(
                 f"{tok_path}: not a tokenizer `tokenizers` can read ({_first_line(e)})"
@@ -146,6 +147,8 @@ class Pipeline:
                 f"{origin}: truncation.max_length {manifest.truncation.max_length} is below the "
                 f"prompt's {fixed} fixed tokens (template, answer slots, special tokens)"
             )
+        # The parse's garbage goes back to the OS before the weights load on top of it.
+        release_free_memory()
         self.sessions = {}
         self.graph_files: dict[str, str] = {}  # role -> the bundle file its session runs
         for role, g in manifest.graphs.items():

@@ -88,6 +88,7 @@ def test_every_family_is_one_name_in_two_same_named_modules():
     infrastructure = {
         "bundle",
         "embedder",
+        "heap",
         "hub",
         "pipeline",
         "prompt",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from inbedder import Embedder
+from inbedder.errors import BundleError
 from inbedder.runtime import cuda_available
 
 TEXTS = [
@@ -213,3 +215,49 @@ def test_open_parses_the_tokenizer_once(masked_bundle: Path, monkeypatch):
     assert len(parsed) == 1
     assert emb.pipeline.prompts._plain is emb.pipeline.tokenizer
     np.testing.assert_array_equal(emb.encode(["a cat", "the long committee meeting"], "q"), want)
+
+
+def test_open_lets_go_of_the_tokenizer_text_before_the_weights(masked_bundle: Path, monkeypatch):
+    """The open's peak memory: the tokenizer's text is taken from the bundle (not held while the
+    sessions load) and the C heap's free pages are returned between the parse and the first
+    session (runtime/heap.py); the vectors are unchanged."""
+    from inbedder.runtime import bundle as bundle_mod
+    from inbedder.runtime import pipeline as pipeline_mod
+
+    want = Embedder(masked_bundle).encode(["a cat"], "q")
+    seen: list[str] = []
+    bundles: list[bundle_mod.Bundle] = []
+    real_release, real_session = pipeline_mod.release_free_memory, pipeline_mod.make_session
+    real_init = pipeline_mod.Pipeline.__init__
+
+    def init(self, bundle, *a, **k):
+        bundles.append(bundle)
+        real_init(self, bundle, *a, **k)
+
+    def release():
+        seen.append("release" if bundles[0].tokenizer_json is None else "release, text held")
+        return real_release()
+
+    def session(*a, **k):
+        seen.append("session")
+        return real_session(*a, **k)
+
+    monkeypatch.setattr(pipeline_mod.Pipeline, "__init__", init)
+    monkeypatch.setattr(pipeline_mod, "release_free_memory", release)
+    monkeypatch.setattr(pipeline_mod, "make_session", session)
+    emb = Embedder(masked_bundle)
+    assert seen[:2] == ["release", "session"]
+    assert seen.count("release") == 1
+    np.testing.assert_array_equal(emb.encode(["a cat"], "q"), want)
+    with pytest.raises(BundleError, match="already taken"):
+        bundles[0].take_tokenizer_json()
+
+
+def test_release_free_memory():
+    """glibc's malloc_trim where the C library is glibc (this suite's Linux); False elsewhere."""
+    import platform
+
+    from inbedder.runtime.heap import release_free_memory
+
+    done = release_free_memory()
+    assert done is (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")

@@ -3,6 +3,9 @@
 
 #include <algorithm>
 #include <future>
+#if defined(__GLIBC__)
+#include <malloc.h>  // malloc_trim
+#endif
 
 #include "session.hpp"
 
@@ -36,6 +39,13 @@ tok::Tokenizer tokenizer_of(const Bundle& bundle) {
     throw BundleError(pure_path(bundle.root + "/" + bundle.manifest.tokenizer_file) +
                       ": not a tokenizer `tokenizers` can read (" + first + ")");
   }
+}
+
+// runtime/heap.py's: the C heap's free pages back to the OS (glibc only; elsewhere nothing).
+void release_free_memory() {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
 }
 
 }  // namespace
@@ -214,6 +224,7 @@ Pipeline::Pipeline(const Bundle& bundle, const FamilyChecks& family, const std::
                       std::to_string(manifest_.truncation.max_length) + " is below the prompt's " +
                       std::to_string(fixed) +
                       " fixed tokens (template, answer slots, special tokens)");
+  release_free_memory();  // the tokenizer parse's freed heap, before the weights fill the process
   sessions_ = opening_.get();
   pad_id_ = manifest_.special_token("pad").value_or(0);
 }

@@ -30,7 +30,7 @@ const char* kUsage =
     "                      [--no-row-ops]\n"
     "                      [--precision {float32,float16,int8,uint8,binary,ubinary}]\n"
     "                      [--threads N] [--spinning | --no-spinning] [--decode-steps K]\n"
-    "                      [--max-new-tokens N] [-q] [input]\n";
+    "                      [--max-new-tokens N] [--overwrite] [-q] [input]\n";
 
 struct Args {
   std::string model, output, input = "-", format = "auto", truncation = "input", device = "cpu",
