@@ -1,8 +1,8 @@
 """Where an int8 pass spends its time: onnxruntime's CPU kernels for the fused operators we leave
 out of CPU graphs against the ops they replace, and a per-operator profile of a bundle.
 
-    python bench/ops.py [--kernels fused,matmul,attention] [--bundle /tmp/inbedder-bench/int8
-        --tokens 128 --batch 8]
+    python bench/ops.py [--kernels fused,matmul,attention,gemm] [--bundle /tmp/inbedder-bench/int8
+        --tokens 128 --batch 8 [--row-ops LIB]]
 
 Kernels (roberta-large's shapes, 2 threads as the runtime sets them; ms per call, median of 50):
 `fused` (the default), SkipLayerNormalization vs LayerNormalization on (8, 64, 1024), BiasGelu vs
@@ -10,7 +10,9 @@ Gelu on (8, 64, 4096): they back `CPU_SLOW_FUSIONS` (inbedder/onnxfile.py: what 
 `cpu_disabled_optimizers` names in the manifest, and what quantize leaves unfused for the CPU);
 `matmul`, one weight MatMul as per-token int8 runs it against its GEMM alone (with its per-row
 A scale and with a scalar one) and MatMulNBits 8-bit (`matmuls`); `attention`,
-MultiHeadAttention with and without its mask and bias. With --bundle, the bundle's graph is run
+MultiHeadAttention with and without its mask and bias; `gemm`, the int8 GEMM at the model's weight
+shapes for M = 64, 512, 1024 rows against the GEMM ceiling (`gemm_shapes`). With --bundle, the
+bundle's graph (its row-ops form with `--row-ops LIB`) is run
 on a batch of prompts of exactly `--tokens` tokens (bench/bench.py's texts) with onnxruntime's
 profiler, session options as the runtime sets them, and the time per operator type is printed.
 """
@@ -166,20 +168,55 @@ def attention(batches: tuple[int, ...] = (1, 8), tokens: int = 128) -> None:
             print(f"{label:36s} {time_op(node, inputs, weights):7.3f} ms")
 
 
-def profile(bundle: Path, tokens: int, batch: int) -> None:
+def gemm_shapes(ms: tuple[int, ...] = (64, 512, 1024), runs: int = 20) -> None:
+    """The int8 GEMM at roberta-large's weight shapes (QKV, attention output, FFN up, FFN down) for
+    M = B x T rows, as GOP/s and as a share of the ceiling (bench/bench.py's `gemm_ceiling` shape,
+    1024 x 1024 x 4096, `MatMulInteger`): `MatMulInteger` (u8 x s8 -> int32) and
+    `MatMulIntegerToFloat` as the row-ops graphs call it (A scale 1, a scale per column: the int32
+    sum times that scale, one rounding)."""
+    rng = np.random.default_rng(0)
+
+    def rates(m: int, k: int, n: int) -> tuple[float, float]:
+        a = {"a": rng.integers(0, 255, (m, k), dtype=np.uint8)}
+        w = {"w": rng.integers(-127, 127, (k, n), dtype=np.int8), "zp": np.array(128, np.uint8)}
+        integer = helper.make_node("MatMulInteger", ["a", "w", "zp"], ["y"])
+        to_float = helper.make_node(
+            "MatMulIntegerToFloat", ["a", "w", "one", "ws", "zp"], ["y"], domain="com.microsoft"
+        )
+        scales = {"one": np.array(1.0, np.float32), "ws": rng.random(n, dtype=np.float32) * 0.01}
+        model = _model([integer], a, w)
+        model.graph.output[0].type.tensor_type.elem_type = TensorProto.INT32
+        ops = 2 * m * k * n / 1e6  # GOP per call x 1000: ms -> GOP/s
+        return ops / time_model(model, a, runs), ops / time_op(to_float, a, w | scales, runs)
+
+    shapes = [(m, k, n) for m in ms for k, n in ((1024, 3072), (1024, 1024), (1024, 4096), (4096, 1024))]
+    first = rates(1024, 1024, 4096)[0]
+    got = {shape: rates(*shape) for shape in shapes}
+    ceiling = max(first, rates(1024, 1024, 4096)[0])  # timed before and after: the clock settles
+    print(f"{'ceiling (1024,1024)x(1024,4096)':36s} {ceiling:7.0f} GOP/s MatMulInteger (best of 2)")
+    for (m, k, n), (integer, to_float) in got.items():
+        print(
+            f"{f'({m},{k})x({k},{n})':36s} MatMulInteger {integer:5.0f} GOP/s {integer / ceiling:4.0%}"
+            f"  MatMulIntegerToFloat {to_float:5.0f} GOP/s {to_float / ceiling:4.0%}"
+        )
+
+
+def profile(bundle: Path, tokens: int, batch: int, row_ops: Path | None = None) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench import INSTRUCTION, texts_of
     from inbedder.runtime import Embedder
     from inbedder.runtime.bundle import bundle_root
 
-    pipe = Embedder(bundle, verify=False).pipeline
+    pipe = Embedder(bundle, verify=False, row_ops=row_ops).pipeline
     texts = texts_of(bundle, tokens, batch)
     arrays = pipe.pad(pipe.tokenize(texts, [INSTRUCTION] * batch, "input"))
     opts = _options()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.enable_profiling = True
     opts.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
-    graph = pipe.manifest.graphs["encoder"].file
+    graph = pipe.graph_files["encoder"]  # the row-ops form when given the library
+    if row_ops is not None:
+        opts.register_custom_ops_library(str(row_ops))
     pipe_root = bundle_root(bundle)  # the current version's directory (a replaced bundle: v-*/)
     sess = ort.InferenceSession(
         str(pipe_root / graph),
@@ -197,8 +234,8 @@ def profile(bundle: Path, tokens: int, batch: int) -> None:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             per_op[e["args"]["op_name"]] += e["dur"]  # microseconds
     total = sum(per_op.values())
-    print(f"{bundle} T={tokens} B={batch}: {total / runs / 1000:.0f} ms per pass (profiled)")
-    for op, us in per_op.most_common(8):
+    print(f"{bundle} ({graph}) T={tokens} B={batch}: {total / runs / 1000:.0f} ms per pass (profiled)")
+    for op, us in per_op.most_common(10):
         print(f"  {op:28s} {us / runs / 1000:8.1f} ms  {100 * us / total:5.1f}%")
 
 
@@ -207,16 +244,17 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path, default=None, help="also profile this bundle's graph")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--row-ops", type=Path, default=None, help="profile the bundle's row-ops graph (LIB)")
     ap.add_argument(
-        "--kernels", default="fused", help="comma-separated: fused, matmul, attention (none: skip)"
+        "--kernels", default="fused", help="comma-separated: fused, matmul, attention, gemm (none: skip)"
     )
     args = ap.parse_args()
-    parts = {"fused": kernels, "matmul": matmuls, "attention": attention}
+    parts = {"fused": kernels, "matmul": matmuls, "attention": attention, "gemm": gemm_shapes}
     for part in filter(None, args.kernels.split(",")):
         if part != "none":
             parts[part]()
     if args.bundle is not None:
-        profile(args.bundle, args.tokens, args.batch)
+        profile(args.bundle, args.tokens, args.batch, args.row_ops)
 
 
 if __name__ == "__main__":
