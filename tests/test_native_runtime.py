@@ -363,6 +363,25 @@ def test_graph_io_against_the_manifest(bundles, build: Path, tmp_path: Path):
         assert done.returncode == 2 and str(e.value) in done.stderr, (str(e.value), done.stderr)
 
 
+def test_cli_help_lists_every_flag_it_parses(build: Path):
+    """`inbedder-embed --help` names every option its parser accepts (it once left out
+    `--overwrite`): the flags are read from the parser's comparisons in the tool's source."""
+    import re
+
+    source = Path(__file__).resolve().parents[1] / "native" / "runtime" / "tools" / "inbedder_embed.cpp"
+    flags = set(re.findall(r'arg == "(--[a-z-]+)"', source.read_text(encoding="utf-8"))) - {"--help"}
+    assert {"--model", "--overwrite", "--no-row-ops", "--spinning"} <= flags  # the pattern still reads them
+    tool = str(_embed_tool(build))
+    usage = subprocess.run([tool, "--help"], capture_output=True, text=True, check=True).stdout
+    short = {"--model": "-m", "--output": "-o", "--instruction": "-i", "--quiet": "-q"}
+
+    def listed(form: str) -> bool:
+        return re.search(rf"(?<![\w-]){re.escape(form)}(?![\w-])", usage) is not None
+
+    missing = sorted(f for f in flags if not listed(f) and not listed(short.get(f, f)))
+    assert not missing, f"inbedder-embed --help does not list {missing}"
+
+
 def test_cli_errors(bundles, build: Path, tmp_path: Path):
     tool = str(_embed_tool(build))
     bad = tmp_path / "bad.jsonl"
