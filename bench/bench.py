@@ -30,7 +30,9 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 SYSTEMS = ("torch-reference", "torch-slots", "inbedder-fp32", "inbedder-int8", "optimum-int8")
 LAYER_WEIGHTS = 24 * (4 * 1024 * 1024 + 2 * 1024 * 4096)  # multiply-adds per token in weight GEMMs
@@ -174,10 +176,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
 
 
-def gemm_ceiling(m: int = 512, k: int = 1024, n: int = 4096, runs: int = 20) -> dict[str, float]:
-    """GOP/s of onnxruntime's int8 GEMMs at roberta-large's FFN shape, 2 threads: MatMulInteger
+def gemm_ceiling(
+    m: int = 1024,
+    k: int = 1024,
+    n: int = 4096,
+    runs: int = 20,
+    options: Callable[[], Any] | None = None,
+    kernels: tuple[str, ...] = ("MatMulInteger", "DynamicQuantizeMatMul"),
+) -> dict[str, float]:
+    """GOP/s of onnxruntime's int8 GEMMs at roberta-large's FFN shape (1024 rows): MatMulInteger
     (u8 x s8 -> int32) and DynamicQuantizeMatMul (fp32 in, quantize, int8 GEMM, fp32 out: the
-    kernel the int8 bundles run after onnxruntime's graph fusions)."""
+    kernel the stock int8 graphs run after onnxruntime's graph fusions). `options` makes each
+    session's SessionOptions (default: 2 intra-op threads, onnxruntime's spinning pool);
+    `kernels` picks which of the two are timed."""
     import numpy as np
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -197,8 +208,12 @@ def gemm_ceiling(m: int = 512, k: int = 1024, n: int = 4096, runs: int = 20) -> 
             [w, scale, zero],
         ),
     }  # fmt: skip
+    unknown = set(kernels) - set(cases)
+    if unknown:
+        raise ValueError(f"gemm_ceiling: unknown kernels {sorted(unknown)}; known: {sorted(cases)}")
     out = {}
-    for name, (node, a_type, y_type, a, inits) in cases.items():
+    for name in kernels:
+        node, a_type, y_type, a, inits = cases[name]
         graph = helper.make_graph(
             [node],
             "gemm",
@@ -208,8 +223,11 @@ def gemm_ceiling(m: int = 512, k: int = 1024, n: int = 4096, runs: int = 20) -> 
         )
         opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
         model = helper.make_model(graph, opset_imports=opsets)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 2
+        if options is None:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 2
+        else:
+            opts = options()
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         sess.run(None, {"A": a})
         times = []
