@@ -34,7 +34,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import gemm_ceiling  # bench/ is not a package: imported after the path insert
+from bench import INSTRUCTION, gemm_ceiling, texts_of  # bench/ is not a package: after the path insert
 
 THREADS = 2
 
@@ -208,7 +208,6 @@ def gemm_shapes(ms: tuple[int, ...] = (64, 512, 1024), runs: int = 20) -> None:
 
 
 def profile(bundle: Path, tokens: int, batch: int, row_ops: Path | None = None) -> None:
-    from bench import INSTRUCTION, texts_of
     from inbedder.runtime import Embedder
     from inbedder.runtime.bundle import bundle_root
 
