@@ -17,7 +17,8 @@ import numpy as np
 
 from inbedder.errors import BundleError, InputError, InputTypeError, surrogate_at
 
-from .bundle import Bundle, Manifest, load_bundle
+from .bundle import MANIFEST_NAME, Bundle, Manifest, load_bundle
+from .cpu import check_int8_range
 from .hub import resolve_bundle
 from .pipeline import Pipeline, pipeline_for
 from .prompt import TRUNCATION_MODES, TruncationMode
@@ -124,6 +125,9 @@ class Embedder:
 
         def build(bundle: Bundle) -> tuple[Manifest, Pipeline]:
             # Run while this version of the bundle is locked: every file comes from it.
+            if self.device == "cpu":  # CUDA's int8 kernels do not use MLAS's u8 x s8 pair sums
+                m = bundle.manifest
+                check_int8_range(m.options, m.precision, str(bundle.root / MANIFEST_NAME))
             pipeline = pipeline_for(bundle.manifest)(bundle, self.device, self.threads, cache, lib)
             return bundle.manifest, pipeline
 

@@ -8,6 +8,7 @@
 #include <numeric>
 #include <set>
 
+#include "cpu.hpp"
 #include "hub.hpp"
 #include "pipeline.hpp"
 #include "session.hpp"
@@ -116,6 +117,8 @@ Embedder::Embedder(const std::string& bundle_dir, const std::string& device,
   // A directory, or a hub name looked up in the local bundle cache (no network).
   load_bundle(resolve_bundle(bundle_dir), verify, [&](const Bundle& bundle) {
     manifest_ = bundle.manifest;
+    if (device_ == "cpu")  // CUDA's int8 kernels do not use MLAS's u8 x s8 pair sums
+      check_int8_range(manifest_, cpu_features(), bundle.root + "/" + kManifestName);
     pipeline_ = make_pipeline(bundle, device_, open);
   });
 }
