@@ -87,6 +87,7 @@ def test_every_family_is_one_name_in_two_same_named_modules():
     runtime_dir = Path(importlib.import_module("inbedder.runtime").__file__).parent
     infrastructure = {
         "bundle",
+        "cpu",
         "embedder",
         "heap",
         "hub",
