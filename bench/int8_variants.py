@@ -83,8 +83,10 @@ def channel_peaks(
 class _StaticRewriter(_Rewriter):
     """The per-token rewriter with each MatMul input quantized by one constant scale."""
 
-    def __init__(self, model: onnx.ModelProto, reduce_range: bool, peaks: Mapping[str, np.ndarray]):
-        super().__init__(model, reduce_range)
+    def __init__(
+        self, model: onnx.ModelProto, reduce_range: bool, u8_weights: bool, peaks: Mapping[str, np.ndarray]
+    ):
+        super().__init__(model, reduce_range, u8_weights)
         self.peaks = peaks
 
     def row_quantized(self, x: str, shifted: bool) -> tuple[list[onnx.NodeProto], str, str, str]:
@@ -112,8 +114,9 @@ def _static(
     quantize_model_int8_invariant(
         model,
         reduce_range=setting.reduce_range,
+        u8_weights=setting.u8_weights,
         exclude=setting.kept,
-        rewriter=lambda m, reduce_range: _StaticRewriter(m, reduce_range, peaks),
+        rewriter=lambda m, reduce_range, u8_weights: _StaticRewriter(m, reduce_range, u8_weights, peaks),
     )
     save_graph(model, dst)
     return dict(Counter(n.op_type for n in model.graph.node))
@@ -145,7 +148,9 @@ def _smooth(
             at, helper.make_node("Mul", [x, inv.name], [f"{name}.smoothed"], name=f"{name}/smooth")
         )
     # the unscaled weights are dropped with the other unused initializers
-    quantize_model_int8_invariant(model, reduce_range=setting.reduce_range, exclude=setting.kept)
+    quantize_model_int8_invariant(
+        model, reduce_range=setting.reduce_range, u8_weights=setting.u8_weights, exclude=setting.kept
+    )
     save_graph(model, dst)
     return dict(Counter(n.op_type for n in model.graph.node))
 

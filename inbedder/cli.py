@@ -110,6 +110,8 @@ def _print_gate(out: str, m: Manifest) -> None:
             if "per_channel" in a
             else f"{m.precision} weights (block {q.get('block_size')})"
         )
+        if a.get("u8_weights"):  # full range as uint8, where 7-bit weights were chosen
+            weights += ", int8 weights stored as uint8"
         accepted = (
             f"\naccepted attempt {a['attempt'] + 1} of {len(q['attempts'])}: "
             f"{weights}, {a[kept]} MatMuls kept {kept.removeprefix('kept_')}"

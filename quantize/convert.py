@@ -84,12 +84,15 @@ def quantize_int8(
     dst: Path,
     *,
     reduce_range: bool,
+    u8_weights: bool = False,
     per_channel: bool = False,
     exclude: Iterable[str] = (),
     only: Iterable[str] = (),
 ) -> dict[str, int]:
     """Dynamic int8 quantization of the weights (activations quantized per call); nodes named in
-    `exclude` stay fp32; a non-empty `only` quantizes just those nodes."""
+    `exclude` stay fp32; a non-empty `only` quantizes just those nodes. `u8_weights`: full-range
+    uint8 weights (QUInt8, asymmetric), whose u8 x u8 kernels cannot saturate; `reduce_range`
+    then does not apply."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger("root").setLevel(logging.ERROR)  # its pre-processing advice is not for us
@@ -98,8 +101,8 @@ def quantize_int8(
         str(dst),
         op_types_to_quantize=list(INT8_OP_TYPES),
         per_channel=per_channel,
-        reduce_range=reduce_range,
-        weight_type=QuantType.QInt8,
+        reduce_range=reduce_range and not u8_weights,
+        weight_type=QuantType.QUInt8 if u8_weights else QuantType.QInt8,
         nodes_to_exclude=list(exclude),
         nodes_to_quantize=list(only),
         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},

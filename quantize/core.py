@@ -63,11 +63,13 @@ Feeds = Mapping[str, Sequence[Mapping[str, np.ndarray]]]
 class Int8Setting:
     """One point of the search: weight scales per channel or per tensor (int8), the weight
     MatMuls kept at the method's `kept_as` precision (fused-graph node names), 7-bit int8
-    weights or full range."""
+    weights or full range, and full-range weights stored as uint8 (`pertoken.py`: exact where
+    u8 x s8 kernels saturate; `reduce_range` then does not apply)."""
 
     per_channel: bool
     kept: tuple[str, ...]
     reduce_range: bool
+    u8_weights: bool = False
 
 
 class Int8Convert(Protocol):
@@ -124,6 +126,7 @@ def _dynamic(
         src,
         dst,
         reduce_range=setting.reduce_range,
+        u8_weights=setting.u8_weights,
         per_channel=setting.per_channel,
         exclude=setting.kept,
     )
@@ -140,7 +143,9 @@ DYNAMIC_INT8 = Int8Method(
 def _per_token(
     src: Path, dst: Path, setting: Int8Setting, calibration_feeds: Sequence[Mapping[str, np.ndarray]]
 ) -> dict[str, int]:
-    return quantize_int8_invariant(src, dst, reduce_range=setting.reduce_range, exclude=setting.kept)
+    return quantize_int8_invariant(
+        src, dst, reduce_range=setting.reduce_range, u8_weights=setting.u8_weights, exclude=setting.kept
+    )
 
 
 PER_TOKEN_INT8 = Int8Method(
@@ -165,8 +170,9 @@ def int4_method(
         src: Path, dst: Path, setting: Int8Setting, calibration_feeds: Sequence[Mapping[str, np.ndarray]]
     ) -> dict[str, int]:
         return quantize_int4(
-            src, dst, reduce_range=setting.reduce_range, keep_int8=setting.kept, block_size=block_size,
-            symmetric=symmetric, accuracy_level=accuracy_level,
+            src, dst, reduce_range=setting.reduce_range, u8_weights=setting.u8_weights,
+            keep_int8=setting.kept, block_size=block_size, symmetric=symmetric,
+            accuracy_level=accuracy_level,
         )  # fmt: skip
 
     def probe(src: Path, dst: Path, node: str, reduce_range: bool) -> object:
@@ -232,6 +238,8 @@ def quantize_bundle(
 
     `reduce_range=None` chooses by CPU: 7-bit weights on x86 without VNNI, where u8 x s8
     multiply-adds can saturate; full range elsewhere. The choice is recorded in the manifest.
+    With 7-bit weights (chosen or asked for) the fallback's later attempts store full-range
+    weights as uint8 instead (`u8_weights`: exact on every CPU, slower GEMMs).
     With `fallback` (int8, int4), settings give way to more faithful ones until one reaches the
     selection bound on calibration (see `_ladder_search`); every attempt is recorded, the accepted
     one marked. `int8_method` is the conversion searched over, an `Int8Method` or the name of one
@@ -388,10 +396,11 @@ def _ladder_search(
     stage: Callable[[dict[str, Any], Path, str], tuple[Manifest, PartFigures]],
 ) -> tuple[str, Manifest, PartFigures]:
     """Try settings of `method` from fastest to most faithful, measuring each on calibration:
-    per-tensor weights, per-channel weights (int8 methods that have the choice), then with the
-    weight MatMuls of largest end-to-end effect (`sensitivity.rank_end_to_end`) kept at
-    `method.kept_as` (int8: fp32; int4: per-token int8), one more each step, up to
-    `MAX_KEPT_FRACTION` of them. Accept the first attempt reaching `select_bound`
+    per-tensor weights, per-channel weights (int8 methods that have the choice), with 7-bit
+    weights (`reduce_range`) then full-range uint8 ones (int8 methods), then with the weight
+    MatMuls of largest end-to-end effect (`sensitivity.rank_end_to_end`) kept at
+    `method.kept_as` (int8: fp32; int4: per-token int8, uint8 where weights are 7-bit), one more
+    each step, up to `MAX_KEPT_FRACTION` of them. Accept the first attempt reaching `select_bound`
     (`gate.choose_attempt`); if none does, the best one (`gate.best_attempt`): never a setting
     worse than an earlier one. Returns the accepted attempt's staging directory name, manifest
     (its record lists every attempt, the accepted one marked) and calibration figures."""
@@ -410,9 +419,15 @@ def _ladder_search(
     feeds: Feeds = reference.pipeline.graph_feeds(pairs) if method.needs_calibration_feeds else {}
     per_channel = per_channel or method.per_token
     kept_key = f"kept_{method.kept_as}"  # "kept_fp32" (int8), "kept_int8" (int4)
-    ladder: list[tuple[bool, int]] = [(per_channel, 0)]
+    # (per-channel, MatMuls kept, uint8 weights). Where 7-bit weights were chosen (the CPU's
+    # u8 x s8 kernels saturate, or the bundle must run on any x86 CPU), full-range uint8 weights
+    # come next: about 1.3x the GEMM time of 7-bit ones on AVX2, where keeping a MatMul fp32
+    # costs more and grows the bundle. Every later attempt keeps them.
+    ladder: list[tuple[bool, int, bool]] = [(per_channel, 0, False)]
     if fallback and not per_channel:
-        ladder.append((True, 0))
+        ladder.append((True, 0, False))
+    if fallback and chosen and method.weight_bits == 8:
+        ladder.append((True, 0, True))
     ranking: dict[str, list[tuple[str, float]]] = {}
     weight_matmuls = 0
     tried: list[dict[str, Any]] = []
@@ -421,10 +436,14 @@ def _ladder_search(
     accepted: int | None = None
     step = 0
     while step < len(ladder):
-        pc, n_keep = ladder[step]
+        pc, n_keep, u8 = ladder[step]
         out_dir = work / f"try{step}"
         out_dir.mkdir()
         granularity = "" if method.weight_bits != 8 else ", " + ("per-channel" if pc else "per-tensor")
+        if u8:  # int4: the kept int8 MatMuls'
+            granularity += (
+                ", " if method.weight_bits == 8 else "; kept int8 ones "
+            ) + "stored as uint8 (u8 x u8)"
         record: dict[str, Any] = {
             "method": method.name,
             **method.settings,
@@ -434,6 +453,7 @@ def _ladder_search(
             "matmul_const_b_only": True,
             "reduce_range": chosen,
             "reduce_range_source": "auto" if reduce_range is None else "user",
+            "u8_weights": u8,
             "cpu": isa.summary,
             "graphs": {},
         }
@@ -441,7 +461,7 @@ def _ladder_search(
         for role, graph in manifest.graphs.items():
             keep = [name for name, _ in ranking.get(role, [])[:n_keep]]
             keep_all += keep
-            setting = Int8Setting(per_channel=pc, kept=tuple(keep), reduce_range=chosen)
+            setting = Int8Setting(per_channel=pc, kept=tuple(keep), reduce_range=chosen, u8_weights=u8)
             ops = method.convert(fused_dir / graph.file, out_dir / graph.file, setting, feeds.get(role, ()))
             record["graphs"][role] = {**fusion[role], "ops": ops, f"{kept_key}_nodes": keep}
         staged, cal = stage(record, out_dir, f"staged{step}")
@@ -451,6 +471,7 @@ def _ladder_search(
             {
                 "attempt": step,
                 **({"per_channel": pc} if method.weight_bits == 8 else {}),
+                **({"u8_weights": u8} if chosen else {}),
                 kept_key: n_keep,
                 f"{kept_key}_nodes": keep_all,
                 "calibration_min_cosine": round(cal.min_cosine, 6),
@@ -470,13 +491,15 @@ def _ladder_search(
             break
         if step == len(ladder) - 1 and not ranking:
             # Rank once, on the fused fp32 graphs: the MatMuls with the largest local error
-            # under this method are candidates; their end-to-end effect orders them.
+            # under this method are candidates; their end-to-end effect orders them. At full
+            # range: the attempts from here on have full-range weights (uint8 where 7-bit ones
+            # were chosen, so that the probes do not saturate either).
             recorded = reference.pipeline.graph_feeds(_spread(pairs, RANKING_TEXTS))
             for role, graph in manifest.graphs.items():
                 role_feeds = recorded.get(role)
                 if role_feeds:
                     local = rank_matmuls(
-                        fused_dir / graph.file, role_feeds, per_channel=True, reduce_range=chosen,
+                        fused_dir / graph.file, role_feeds, per_channel=True, reduce_range=False,
                         weight_rounding=method.weight_rounding,
                         activation_rounding=method.activation_rounding,
                     )  # fmt: skip
@@ -489,12 +512,13 @@ def _ladder_search(
                         [name for name, _ in local[:RANKING_CANDIDATES]],
                         work,
                         per_channel=True,
-                        reduce_range=chosen,
+                        reduce_range=False,
+                        u8_weights=chosen,
                         per_token=method.per_token,
                         probe=method.probe,
                     )
             for n in range(1, int(weight_matmuls * MAX_KEPT_FRACTION) + 1):
-                ladder.append((True, n))
+                ladder.append((True, n, chosen))
         step += 1
     assert best is not None
     chosen_step = accepted if accepted is not None else best

@@ -15,8 +15,10 @@ in the file for both. Why blocks: onnxruntime pre-packs every GEMM weight at ses
 `Transpose(q)` head made it first fold the transpose into a whole second table, held until every
 weight was packed (+45 MB peak RSS and ~0.2 s of session start for roberta-large, measured in the
 README); a block's packing needs only that block.
-With `reduce_range` (x86 without VNNI, where u8 x s8 pair sums can saturate) a shared table uses
-7-bit values, as onnxruntime's quantizer does for weights.
+With `reduce_range` (x86 without VNNI, where u8 x s8 pair sums can saturate) a shared table keeps
+8 bits and the head quantizes its per-token activations to 7 bits instead (`pertoken.py`'s
+`seven_bit`), so that the lookup the encoder reads stays as precise as elsewhere; a head quantized
+per call (one DynamicQuantizeLinear over 0..255) has no such choice, and its table is 7-bit.
 
 onnxruntime's embedding fusion (EmbedLayerNormalization) takes a float table, so graphs quantized
 here are fused without it (`convert.fuse(..., keep_embedding_gather=True)`).
@@ -78,7 +80,7 @@ def quantize_tables(model: onnx.ModelProto, *, reduce_range: bool, per_token: bo
         users = _consumers(graph).get(name, [])
         gathers = [n for n in users if n.op_type == "Gather"]
         heads = _tied_heads(graph, name, table, users, inits, producers)
-        qmax = 63.0 if (reduce_range and heads) else 127.0
+        qmax = 63.0 if (reduce_range and heads and not per_token) else 127.0
         scale = np.maximum(np.abs(table).max(axis=1), 1e-30) / qmax  # (V,)
         q = np.clip(np.round(table / scale[:, None]), -qmax, qmax).astype(np.int8)  # (V, H)
         qname, sname = f"{name}_int8", f"{name}_row_scale"
@@ -103,8 +105,8 @@ def quantize_tables(model: onnx.ModelProto, *, reduce_range: bool, per_token: bo
         for mm in heads:
             x, out, b = mm.input[0], mm.output[0], mm.name or mm.output[0]
             if per_token:
-                rows = _Rewriter(model, reduce_range=False)  # activations: full 8 bits per token
-                nodes, xq, xs, zp = rows.row_quantized(x, shifted=False)
+                rows = _Rewriter(model, reduce_range=False)
+                nodes, xq, xs, zp = rows.row_quantized(x, shifted=False, seven_bit=reduce_range)
                 new_nodes += [
                     *nodes,
                     *_head(name, b, xq, "pt.one", zp, f"{b}_q8", table.shape),
@@ -123,6 +125,7 @@ def quantize_tables(model: onnx.ModelProto, *, reduce_range: bool, per_token: bo
         record[name] = {
             "shape": list(table.shape),
             "bits": 7 if qmax == 63.0 else 8,
+            "head_activation_bits": (7 if reduce_range else 8) if heads and per_token else None,
             "scales": "per row (symmetric)",
             "tied_heads": [mm.name for mm in heads],
             "head_block_rows": _block_rows(*table.shape) if heads else None,

