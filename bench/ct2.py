@@ -299,8 +299,10 @@ def main() -> None:
         print(json.dumps(res))
         return
     ct2_python = args.ct2_python or str(args.work / "ct2-venv" / "bin" / "python")
-    if args.setup:
-        ct2_python = setup(args.work, args.ct2_python, args.row_ops, args.answers_on_request)
+    if args.setup:  # set-up only, as the module docstring runs it: timing is the next command
+        setup(args.work, args.ct2_python, args.row_ops, args.answers_on_request)
+        print(f"set up in {args.work}; now run without --setup")
+        return
     os.environ[ROW_OPS_ENV] = str(args.row_ops)
     write_prompt_helper(args.work)
     systems = [s for s in args.systems.split(",") if s]

@@ -114,12 +114,14 @@ def kernels() -> None:
 def matmuls(m: int = 1024) -> None:
     """One weight MatMul `Y = X W + b` (1, m, K) x (K, N) at both FFN shapes: as the per-token int8
     bundles run it (`quantize_model_int8_invariant` on the fp32 graph: the activation's quantization
-    passes, the GEMM, the bias Add), its `MatMulIntegerToFloat` alone on an already quantized input,
+    passes, the GEMM, the bias Add; and with uint8 weights), its `MatMulIntegerToFloat` alone on an
+    already quantized input,
     and onnxruntime's `MatMulNBits` with 8-bit weights (block 32, accuracy level 4: the activation
     quantized per row and block inside the kernel)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     from inbedder.quantize.pertoken import quantize_model_int8_invariant
+    from inbedder.runtime.cpu import cpu_features
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     rng = np.random.default_rng(0)
@@ -131,7 +133,10 @@ def matmuls(m: int = 1024) -> None:
             helper.make_node("Add", ["xw", "b"], ["y"]),
         ]
         pertoken = _model(fp32, {"x": x}, w)
-        quantize_model_int8_invariant(pertoken, reduce_range=False)
+        # the CPU's own range: 7-bit weights where its u8 x s8 kernels saturate (the same kernel)
+        quantize_model_int8_invariant(pertoken, reduce_range=cpu_features().default_reduce_range())
+        pertoken_u8 = _model(fp32, {"x": x}, w)  # the fallback's uint8 weights (u8 x u8 kernels)
+        quantize_model_int8_invariant(pertoken_u8, reduce_range=False, u8_weights=True)
         nbits = MatMulNBitsQuantizer(_model(fp32, {"x": x}, w), bits=8, block_size=32, accuracy_level=4)
         nbits.process()
         scale = np.abs(x).max(axis=-1, keepdims=True) / 127  # (1, m, 1)
@@ -146,6 +151,7 @@ def matmuls(m: int = 1024) -> None:
         }
         shape = f"({m},{k})x({k},{n})"
         print(f"{'per-token int8 ' + shape:36s} {time_model(pertoken, {'x': x}):7.3f} ms")
+        print(f"{'  ... with uint8 weights':36s} {time_model(pertoken_u8, {'x': x}):7.3f} ms")
         print(f"{'  its GEMM alone':36s} {time_op(gemm, {'xq': xq, 's': scale}, gemm_w):7.3f} ms")
         # a scalar A scale: the GEMM without the separate per-row scaling pass after it
         one = {"s": np.array(0.01, np.float32)}

@@ -3,9 +3,11 @@
 Scope: which integer dot-product instructions the CPU has. Without VNNI (AVX2-only or AVX-512
 without VNNI), x86 int8 GEMMs multiply u8 x s8 pairs with `vpmaddubsw`, whose 16-bit intermediate
 sums can saturate; quantizing weights to 7 bits (`reduce_range`) avoids that at a small cost in
-precision. With VNNI (or on ARM) full range is safe.
+precision, and so do 8-bit weights stored as uint8 (the quantizer's fallback, `u8_weights`: u8 x u8
+kernels widen before multiplying). With VNNI (or on ARM) full range is safe.
 
-The quantizer records its choice in the manifest (`options.quantization.reduce_range`); a bundle
+The quantizer records its choice in the manifest (`options.quantization.reduce_range`: true for
+both of those); a bundle
 with full-range int8 weights (made on a CPU with VNNI) would give silently wrong vectors on one
 without, so `check_int8_range` refuses to run it there.
 """
@@ -76,6 +78,7 @@ def check_int8_range(
             f"{origin}: this {precision} bundle has full-range (8-bit) int8 weights, quantized on "
             f"'{quant.get('cpu', 'an unrecorded CPU')}'; this CPU ({cpu.summary}) has no VNNI, so "
             "onnxruntime's u8 x s8 kernels would saturate and give wrong vectors. Quantize the fp32 "
-            "bundle on this machine (7-bit weights are chosen automatically) or with "
-            "`inbedder quantize --reduce-range` for bundles that must run on any x86 CPU."
+            "bundle on this machine (weights that cannot saturate, 7-bit or stored as uint8, are "
+            "chosen automatically) or with `inbedder quantize --reduce-range` for bundles that must "
+            "run on any x86 CPU."
         )

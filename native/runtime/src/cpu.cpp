@@ -72,9 +72,9 @@ void check_int8_range(const Manifest& m, const CpuFeatures& cpu, const std::stri
                     " bundle has full-range (8-bit) int8 weights, quantized on '" + made_on +
                     "'; this CPU (" + cpu.summary +
                     ") has no VNNI, so onnxruntime's u8 x s8 kernels would saturate and give wrong "
-                    "vectors. Quantize the fp32 bundle on this machine (7-bit weights are chosen "
-                    "automatically) or with `inbedder quantize --reduce-range` for bundles that "
-                    "must run on any x86 CPU.");
+                    "vectors. Quantize the fp32 bundle on this machine (weights that cannot "
+                    "saturate, 7-bit or stored as uint8, are chosen automatically) or with "
+                    "`inbedder quantize --reduce-range` for bundles that must run on any x86 CPU.");
 }
 
 }  // namespace inbedder
