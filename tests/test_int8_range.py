@@ -117,9 +117,12 @@ def test_a_saturating_cpu_falls_back_to_uint8_weights(outliers_bundle: Path, tmp
     # A bound between the two, on calibration; the held-out part is the calibration part here,
     # so the gate's held-out check cannot be what decides.
     bound = 1.0 - (1.0 - (c7 + c8) / 2) / SELECTION_HEADROOM
+    from native import build_native
+
+    build = build_native()  # with the row-ops graph too: bit-identical with uint8 weights
     m = quantize_bundle(
         outliers_bundle, tmp_path / "u8", min_cosine=bound, calibration=SMALL["calibration"],
-        heldout=SMALL["calibration"],
+        heldout=SMALL["calibration"], row_ops=build / "native" / "runtime" / "libinbedder_row_ops.so",
     )  # fmt: skip
     q = m.options["quantization"]
     tried = q["attempts"]
@@ -139,10 +142,11 @@ def test_a_saturating_cpu_falls_back_to_uint8_weights(outliers_bundle: Path, tmp
     monkeypatch.setattr(cpu, "cpu_features", lambda cpuinfo="/proc/cpuinfo": VNNI)
     want = Embedder(tmp_path / "8").encode(texts, instruction="What?")
     np.testing.assert_allclose(got, want, atol=1e-5)
+    assert q["row_ops"]["graphs"]
     # The native runtime opens it on this machine's real CPU, whatever it is, with Python's vectors.
-    from native import CApi, build_native
+    from native import CApi
 
-    api = CApi(build_native())
+    api = CApi(build)
     m = api.open(tmp_path / "u8")
     status, msg, r = api.encode(m, texts, ["What?"] * len(texts))
     assert status == "INBEDDER_OK", msg
