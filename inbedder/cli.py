@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--reduce-range",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="7-bit weights (default: on for x86 CPUs without VNNI)",
+        help="weights safe on every x86 CPU: 7-bit, or 8-bit stored as uint8 if 7 bits miss the bound "
+        "(default: on for x86 CPUs without VNNI)",
     )
     q.add_argument("--per-channel", action="store_true", help="per-channel weight scales (dynamic int8)")
     q.add_argument(
