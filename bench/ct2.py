@@ -73,7 +73,7 @@ SLOTS = 3  # the masked-answer prompt's answer slots (the pooled positions)
 
 
 # -- setup ---------------------------------------------------------------------------------------
-def setup(work: Path, ct2_python: str | None, row_ops: Path | None = None, on_request: bool = False) -> str:
+def setup(work: Path, ct2_python: str | None, row_ops: Path | None = None, on_request: bool = False) -> None:
     """Build the model and bundles, the CTranslate2 venv (unless given) and its conversions;
     `on_request`: the int8 bundle quantized with `answers_on_request=True`."""
     from models import roberta_large_shaped
@@ -111,7 +111,6 @@ def setup(work: Path, ct2_python: str | None, row_ops: Path | None = None, on_re
         if not (out / "model.bin").exists():
             cmd = [converter, "--model", str(conv_ckpt), "--output_dir", str(out), "--force", *extra]
             subprocess.run(cmd, check=True)
-    return ct2_python
 
 
 # -- workers (one configuration per process) -----------------------------------------------------

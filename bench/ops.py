@@ -115,9 +115,8 @@ def matmuls(m: int = 1024) -> None:
     """One weight MatMul `Y = X W + b` (1, m, K) x (K, N) at both FFN shapes: as the per-token int8
     bundles run it (`quantize_model_int8_invariant` on the fp32 graph: the activation's quantization
     passes, the GEMM, the bias Add; and with uint8 weights), its `MatMulIntegerToFloat` alone on an
-    already quantized input,
-    and onnxruntime's `MatMulNBits` with 8-bit weights (block 32, accuracy level 4: the activation
-    quantized per row and block inside the kernel)."""
+    already quantized input, and onnxruntime's `MatMulNBits` with 8-bit weights (block 32, accuracy
+    level 4: the activation quantized per row and block inside the kernel)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     from inbedder.quantize.pertoken import quantize_model_int8_invariant

@@ -19,6 +19,14 @@ VNNI = CpuFeatures("x86_64", frozenset({"avx2", "avx512f", "avx512_vnni"}))
 ARM = CpuFeatures("aarch64", frozenset({"asimd", "asimddp"}))
 
 
+def _fake_cpu(mp: pytest.MonkeyPatch, features: CpuFeatures) -> None:
+    """This process's CPU, for the runtime's check and the quantizer's choice of range."""
+    from inbedder.quantize import core
+
+    mp.setattr(cpu, "cpu_features", lambda cpuinfo="/proc/cpuinfo": features)
+    mp.setattr(core, "cpu_features", lambda cpuinfo="/proc/cpuinfo": features)
+
+
 def _options(reduce_range: object) -> dict:
     return {"quantization": {"reduce_range": reduce_range, "cpu": "x86_64: avx2, avx512_vnni"}}
 
@@ -41,17 +49,17 @@ def full_range(masked_bundle: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """A full-range per-token int8 bundle, as a machine with VNNI makes it."""
     out = tmp_path_factory.mktemp("fr") / "int8"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cpu, "cpu_features", lambda cpuinfo="/proc/cpuinfo": VNNI)
+        _fake_cpu(mp, VNNI)
         m = quantize_bundle(masked_bundle, out, reduce_range=False, min_cosine=1e-6, **SMALL)
     assert m.options["quantization"]["reduce_range"] is False
     return out
 
 
 def test_embedder_refuses_it_on_a_saturating_cpu(full_range: Path, monkeypatch):
-    monkeypatch.setattr(cpu, "cpu_features", lambda cpuinfo="/proc/cpuinfo": AVX2)
+    _fake_cpu(monkeypatch, AVX2)
     with pytest.raises(DeviceError, match=r"inbedder\.json: this int8 bundle has full-range"):
         Embedder(full_range)
-    monkeypatch.setattr(cpu, "cpu_features", lambda cpuinfo="/proc/cpuinfo": VNNI)
+    _fake_cpu(monkeypatch, VNNI)
     v = Embedder(full_range).encode(["hello"], instruction="What?")
     assert v.shape[0] == 1 and np.isfinite(v).all()
 
@@ -59,7 +67,7 @@ def test_embedder_refuses_it_on_a_saturating_cpu(full_range: Path, monkeypatch):
 def test_cuda_is_not_checked(full_range: Path, monkeypatch):
     """The check is for MLAS's CPU kernels: a CUDA session gets past it (and here fails only for
     want of CUDA)."""
-    monkeypatch.setattr(cpu, "cpu_features", lambda cpuinfo="/proc/cpuinfo": AVX2)
+    _fake_cpu(monkeypatch, AVX2)
     from inbedder.runtime import session
 
     monkeypatch.setattr(session, "cuda_available", lambda: True)
@@ -81,14 +89,6 @@ def test_native_runtime_applies_the_same_rule(full_range: Path):
         assert cpu.cpu_features().summary in str(e.value)  # the same CPU text as Python's
     else:
         api.close(api.open(full_range))
-
-
-def _fake_cpu(mp: pytest.MonkeyPatch, features: CpuFeatures) -> None:
-    """This process's CPU, for the runtime's check and the quantizer's choice of range."""
-    from inbedder.quantize import core
-
-    mp.setattr(cpu, "cpu_features", lambda cpuinfo="/proc/cpuinfo": features)
-    mp.setattr(core, "cpu_features", lambda cpuinfo="/proc/cpuinfo": features)
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_a_saturating_cpu_falls_back_to_uint8_weights(outliers_bundle: Path, tmp
     if not real_cpu_saturates:
         # Full-range int8 weights, as a VNNI CPU quantizes and runs them (exact only on such a
         # CPU): the same figures and vectors as the uint8 ones.
-        monkeypatch.setattr(cpu, "cpu_features", lambda cpuinfo="/proc/cpuinfo": VNNI)
+        _fake_cpu(monkeypatch, VNNI)
         full = quantize_bundle(
             outliers_bundle, tmp_path / "8", reduce_range=False, fallback=False, min_cosine=1e-6, **SMALL
         )
